@@ -1,0 +1,1 @@
+"""Benchmark records: the runner writes them, the analyzer and comparer read them."""
