@@ -1,0 +1,217 @@
+"""FastConformer encoder (NeMo ``ConformerEncoder`` with dw_striding subsampling and rel-pos MHSA).
+
+Module and parameter names follow NeMo's, so a checkpoint's ``encoder.*`` keys load as they are.
+Padding never leaks into valid frames: the subsampling masks time before every convolution,
+attention masks padded keys, and the convolution module zeroes padded frames before its
+depthwise convolution. A batch therefore gives each utterance the result it gets alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from budgie.config import EncoderConfig
+
+# NeMo fills masked attention scores with -INF_VAL and builds positional encodings with it.
+INF_VAL = 10000.0
+
+
+def subsampled_length(lengths: Tensor, num_convs: int) -> Tensor:
+    """L <- floor((L - 1) / 2) + 1 per stride-2 conv (kernel 3, padding 1)."""
+    for _ in range(num_convs):
+        lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+    return lengths
+
+
+def time_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """[B, T] True on valid frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class ConvSubsampling(nn.Module):
+    """dw_striding: conv3x3/2, then (depthwise 3x3/2 + pointwise 1x1) per further halving."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        channels = cfg.subsampling_conv_channels
+        self.num_halvings = int(math.log2(cfg.subsampling_factor))
+        layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.ReLU()]
+        for _ in range(self.num_halvings - 1):
+            layers += [
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels),
+                nn.Conv2d(channels, channels, 1),
+                nn.ReLU(),
+            ]
+        self.conv = nn.Sequential(*layers)
+        freq = cfg.feat_in
+        for _ in range(self.num_halvings):
+            freq = (freq - 1) // 2 + 1
+        self.out = nn.Linear(channels * freq, cfg.d_model)
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """features [B, F, T] -> [B, T', d_model]; padded time zeroed before each convolution."""
+        x = features.transpose(1, 2).unsqueeze(1)  # [B, 1, T, F]
+        mask = time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+        for layer in self.conv:
+            if isinstance(layer, nn.Conv2d):
+                x = layer(x * mask)
+                if layer.stride != (1, 1):
+                    lengths = subsampled_length(lengths, 1)
+                    mask = time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+            else:
+                x = layer(x)
+        x = x * mask
+        b, c, t, f = x.shape
+        return self.out(x.transpose(1, 2).reshape(b, t, c * f)), lengths
+
+
+def relative_positions(length: int, d_model: int, device: torch.device) -> Tensor:
+    """Sinusoidal encodings of relative positions T-1 ... -(T-1): [1, 2T-1, d_model].
+
+    NeMo caches a table for max(5000, T) positions and slices it; the rows it slices depend only
+    on T, so computing exactly those rows gives the same values with no length limit.
+    """
+    positions = torch.arange(length - 1, -length, -1, dtype=torch.float32, device=device)
+    div_term = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32, device=device)
+        * -(math.log(INF_VAL) / d_model)
+    )
+    angles = positions[:, None] * div_term
+    pe = torch.zeros(positions.shape[0], d_model, device=device)
+    pe[:, 0::2] = torch.sin(angles)
+    pe[:, 1::2] = torch.cos(angles)
+    return pe.unsqueeze(0)
+
+
+def rel_shift(scores: Tensor) -> Tensor:
+    """[B, H, T, 2T-1] scores against positions T-1..-(T-1) -> [B, H, T, T] scores of j - i.
+
+    Row i needs columns (T-1-i) ... (2T-2-i): a strided view of the contiguous tensor, the
+    same numbers NeMo's pad-and-reshape trick selects, without the copies.
+    """
+    b, h, t, p = scores.shape
+    scores = scores.contiguous()
+    return scores.as_strided(
+        (b, h, t, t), (h * t * p, t * p, p - 1, 1), scores.storage_offset() + t - 1
+    )
+
+
+class RelPositionMultiHeadAttention(nn.Module):
+    """Transformer-XL style attention: content term with pos_bias_u, position term with pos_bias_v."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        d, h = cfg.d_model, cfg.n_heads
+        self.h, self.d_k = h, d // h
+        self.linear_q = nn.Linear(d, d, bias=cfg.use_bias)
+        self.linear_k = nn.Linear(d, d, bias=cfg.use_bias)
+        self.linear_v = nn.Linear(d, d, bias=cfg.use_bias)
+        self.linear_out = nn.Linear(d, d, bias=cfg.use_bias)
+        self.linear_pos = nn.Linear(d, d, bias=False)
+        self.pos_bias_u = nn.Parameter(torch.zeros(h, self.d_k))
+        self.pos_bias_v = nn.Parameter(torch.zeros(h, self.d_k))
+
+    def forward(self, x: Tensor, pos_emb: Tensor, key_mask: Tensor | None) -> Tensor:
+        """x [B, T, D]; key_mask [B, T] True on valid frames, None when nothing is padded."""
+        b, t, _ = x.shape
+        q = self.linear_q(x).view(b, t, self.h, self.d_k)
+        k = self.linear_k(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        v = self.linear_v(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        p = self.linear_pos(pos_emb).view(1, -1, self.h, self.d_k).transpose(1, 2)
+        q_u = (q + self.pos_bias_u).transpose(1, 2)
+        q_v = (q + self.pos_bias_v).transpose(1, 2)
+        scale = 1.0 / math.sqrt(self.d_k)
+        position_scores = rel_shift(torch.matmul(q_v, p.transpose(-2, -1))) * scale
+        if key_mask is not None:
+            invalid = ~(key_mask[:, None, None, :] & key_mask[:, None, :, None])
+            position_scores = position_scores.masked_fill(invalid, -INF_VAL)
+        out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=position_scores)
+        if key_mask is not None:  # padded query rows: NeMo zeroes them
+            out = out.masked_fill(~key_mask[:, None, :, None], 0.0)
+        return self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k))
+
+
+class ConvolutionModule(nn.Module):
+    """pointwise (GLU) -> depthwise conv -> BatchNorm -> SiLU -> pointwise."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        d, k = cfg.d_model, cfg.conv_kernel_size
+        self.pointwise_conv1 = nn.Conv1d(d, 2 * d, 1, bias=cfg.use_bias)
+        self.depthwise_conv = nn.Conv1d(d, d, k, padding=(k - 1) // 2, groups=d, bias=cfg.use_bias)
+        self.batch_norm = nn.BatchNorm1d(d)
+        self.pointwise_conv2 = nn.Conv1d(d, d, 1, bias=cfg.use_bias)
+
+    def forward(self, x: Tensor, pad_mask: Tensor | None) -> Tensor:
+        """x [B, T, D]; pad_mask [B, T] True on padded frames."""
+        w1 = self.pointwise_conv1.weight.squeeze(-1)
+        x = F.glu(F.linear(x, w1, self.pointwise_conv1.bias), dim=-1)
+        if pad_mask is not None:
+            x = x.masked_fill(pad_mask[:, :, None], 0.0)
+        x = self.batch_norm(self.depthwise_conv(x.transpose(1, 2))).transpose(1, 2)
+        w2 = self.pointwise_conv2.weight.squeeze(-1)
+        return F.linear(F.silu(x), w2, self.pointwise_conv2.bias)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.use_bias)
+        self.linear2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.use_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(F.silu(self.linear1(x)))
+
+
+class ConformerLayer(nn.Module):
+    """Macaron block: x + FF/2, + MHSA, + conv, + FF/2, then LayerNorm."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm_feed_forward1 = nn.LayerNorm(d)
+        self.feed_forward1 = FeedForward(cfg)
+        self.norm_self_att = nn.LayerNorm(d)
+        self.self_attn = RelPositionMultiHeadAttention(cfg)
+        self.norm_conv = nn.LayerNorm(d)
+        self.conv = ConvolutionModule(cfg)
+        self.norm_feed_forward2 = nn.LayerNorm(d)
+        self.feed_forward2 = FeedForward(cfg)
+        self.norm_out = nn.LayerNorm(d)
+
+    def forward(self, x: Tensor, pos_emb: Tensor, valid: Tensor | None) -> Tensor:
+        pad_mask = None if valid is None else ~valid
+        x = x + 0.5 * self.feed_forward1(self.norm_feed_forward1(x))
+        x = x + self.self_attn(self.norm_self_att(x), pos_emb, valid)
+        x = x + self.conv(self.norm_conv(x), pad_mask)
+        x = x + 0.5 * self.feed_forward2(self.norm_feed_forward2(x))
+        out: Tensor = self.norm_out(x)
+        return out
+
+
+class ConformerEncoder(nn.Module):
+    """features [B, F, T] + lengths -> encoded [B, T', d_model] + lengths (T' = T / 8)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pre_encode = ConvSubsampling(cfg)
+        self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.n_layers))
+        self.xscale = math.sqrt(cfg.d_model) if cfg.xscaling else None
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x, lengths = self.pre_encode(features, lengths)
+        if self.xscale is not None:
+            x = x * self.xscale
+        t = x.shape[1]
+        pos_emb = relative_positions(t, self.cfg.d_model, x.device).to(x.dtype)
+        valid: Tensor | None = time_mask(lengths, t)
+        if bool((lengths == t).all()):
+            valid = None  # no padding: skip every mask
+        for layer in self.layers:
+            x = layer(x, pos_emb, valid)
+        return x, lengths
