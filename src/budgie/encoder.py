@@ -101,7 +101,7 @@ def rel_shift(scores: Tensor) -> Tensor:
 
 
 class RelPositionMultiHeadAttention(nn.Module):
-    """Transformer-XL style attention: content term with pos_bias_u, position term with pos_bias_v."""
+    """Transformer-XL attention: content term with pos_bias_u, position term with pos_bias_v."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -132,7 +132,8 @@ class RelPositionMultiHeadAttention(nn.Module):
         out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=position_scores)
         if key_mask is not None:  # padded query rows: NeMo zeroes them
             out = out.masked_fill(~key_mask[:, None, :, None], 0.0)
-        return self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k))
+        merged: Tensor = self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k))
+        return merged
 
 
 class ConvolutionModule(nn.Module):
@@ -164,7 +165,8 @@ class FeedForward(nn.Module):
         self.linear2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.use_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(F.silu(self.linear1(x)))
+        out: Tensor = self.linear2(F.silu(self.linear1(x)))
+        return out
 
 
 class ConformerLayer(nn.Module):

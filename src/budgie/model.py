@@ -65,9 +65,8 @@ class ParakeetTDT(nn.Module):
         for name, tensor in model.state_dict().items():
             got = wanted[name]
             if tuple(got.shape) != tuple(tensor.shape):
-                raise ModelError(
-                    f"weight {name} has shape {tuple(got.shape)}, config implies {tuple(tensor.shape)}"
-                )
+                shapes = f"{tuple(got.shape)}, config implies {tuple(tensor.shape)}"
+                raise ModelError(f"weight {name} has shape {shapes}")
         model.load_state_dict({k: wanted[k] for k in expected}, strict=True, assign=True)
         return model.eval()
 
