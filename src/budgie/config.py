@@ -7,7 +7,7 @@ the math in ways Budgie does not implement are rejected with a clear error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from budgie.errors import ModelError
@@ -113,7 +113,7 @@ class ModelConfig:
 
 
 def _pick(section: dict[str, Any], dataclass_type: type, **overrides: Any) -> Any:
-    names = dataclass_type.__dataclass_fields__
+    names = {f.name for f in fields(dataclass_type)}
     values = {k: v for k, v in section.items() if k in names and v is not None}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return dataclass_type(**values)

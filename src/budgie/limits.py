@@ -1,0 +1,82 @@
+"""How long an input one encoder pass can take on a device, before it is attempted.
+
+Full self-attention holds [heads, T, T] score tensors, so memory grows with the square of the
+duration: a 1-hour file needs hundreds of GB in one pass. Rather than let the allocator fail
+mid-way (or the OS kill the process), inputs whose estimated peak exceeds what the device has
+free are refused up front with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from budgie.audio import SAMPLE_RATE
+from budgie.config import ModelConfig
+from budgie.errors import AudioError
+
+# Live [T, T] float32 tensors per head at the attention peak (position scores, masked scores,
+# softmax weights, plus slack for the allocator); measured peaks on CPU stay below this.
+ATTENTION_TENSORS = 5
+# Share of free memory one pass may plan to use.
+USABLE_FRACTION = 0.8
+
+
+def encoder_frames(cfg: ModelConfig, num_samples: int) -> int:
+    frames = num_samples // cfg.preprocessor.hop_length
+    for _ in range(cfg.encoder.subsampling_factor.bit_length() - 1):
+        frames = (frames - 1) // 2 + 1
+    return max(frames, 0)
+
+
+def estimated_peak_bytes(cfg: ModelConfig, num_samples: int) -> int:
+    """Activation memory of one utterance's encoder pass (weights not included)."""
+    t = encoder_frames(cfg, num_samples)
+    enc = cfg.encoder
+    attention = ATTENTION_TENSORS * enc.n_heads * t * t * 4
+    activations = 8 * t * max(enc.d_ff, 2 * enc.d_model) * 4
+    n_features = num_samples // cfg.preprocessor.hop_length + 1
+    subsampling = 2 * enc.subsampling_conv_channels * n_features * cfg.encoder.feat_in // 4 * 4
+    return attention + activations + subsampling
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def max_single_pass_seconds(cfg: ModelConfig, device: torch.device) -> float:
+    """Longest input (seconds) whose estimated peak fits in the device's free memory now."""
+    budget = free_memory_bytes(device) * USABLE_FRACTION
+    low, high = 0, SAMPLE_RATE * 60 * 60 * 24
+    while low < high:  # the estimate grows monotonically with length
+        mid = (low + high + 1) // 2
+        if estimated_peak_bytes(cfg, mid) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low / SAMPLE_RATE
+
+
+def check_single_pass(cfg: ModelConfig, num_samples: int, device: torch.device) -> None:
+    needed = estimated_peak_bytes(cfg, num_samples)
+    free = free_memory_bytes(device)
+    if needed > free * USABLE_FRACTION:
+        limit = max_single_pass_seconds(cfg, device)
+        raise AudioError(
+            f"audio is {num_samples / SAMPLE_RATE:.1f} s long; one pass on {device.type} "
+            f"fits about {limit:.0f} s with the memory free now (needs ~{needed / 2**30:.1f} GiB, "
+            f"{free / 2**30:.1f} GiB free): split the file into shorter pieces "
+            "(e.g. `ffmpeg -i in.wav -f segment -segment_time 300 out%03d.wav`) or use a device "
+            "with more memory"
+        )

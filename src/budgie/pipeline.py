@@ -1,0 +1,238 @@
+"""From audio inputs to Transcripts: batching, phase timing, error isolation.
+
+``Model.transcribe`` is the one entry point. A list input is split into batches (sorted by
+length when ``batch_size > 1`` so padding stays small, results returned in input order); each
+input that fails (unreadable, too long) becomes a ``TranscriptionError`` record and the others
+are still transcribed. Phases: load_audio (per input), preprocess, encode and decode (per batch,
+shared by its members), tokenize (per input); total is their sum for the input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast, overload
+
+import numpy as np
+import torch
+
+from budgie.audio import SAMPLE_RATE, describe_source, load_audio
+from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
+from budgie.errors import AudioError, BudgieError
+from budgie.limits import check_single_pass
+from budgie.model import ParakeetTDT
+from budgie.results import PhaseTimings, Transcript, TranscriptionError
+from budgie.text import Tokenizer, build_text_and_timestamps
+from budgie.timing import PhaseClock
+
+AudioInput = str | os.PathLike[str] | bytes | np.ndarray
+Result = Transcript | TranscriptionError
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class _Loaded:
+    index: int
+    source: str
+    samples: np.ndarray
+    load_ms: float
+
+
+class Model:
+    """A loaded Parakeet TDT model, ready to transcribe. Build it with ``budgie.load_model``."""
+
+    def __init__(
+        self,
+        network: ParakeetTDT,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        name: str = "",
+        file_hash: str = "",
+    ) -> None:
+        self.network = network
+        self.tokenizer = tokenizer
+        self.device = device
+        self.name = name
+        self.file_hash = file_hash
+        self.sync_phases = True
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.network.cfg
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.encoder_dtype
+
+    @overload
+    def transcribe(  # type: ignore[overload-overlap]  # a str is also a Sequence
+        self,
+        audio: AudioInput,
+        *,
+        batch_size: int = ...,
+        timestamps: bool = ...,
+        confidence: bool = ...,
+        progress: ProgressCallback | None = ...,
+    ) -> Transcript: ...
+
+    @overload
+    def transcribe(
+        self,
+        audio: Sequence[AudioInput],
+        *,
+        batch_size: int = ...,
+        timestamps: bool = ...,
+        confidence: bool = ...,
+        progress: ProgressCallback | None = ...,
+    ) -> list[Result]: ...
+
+    def transcribe(
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        *,
+        batch_size: int = 1,
+        timestamps: bool = True,
+        confidence: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> Transcript | list[Result]:
+        """Transcribe one input (raises ``BudgieError`` if it is unusable) or a list of them.
+
+        For a list, failures do not stop the others: each one becomes a ``TranscriptionError``
+        in its place. ``progress`` is called with the number of inputs finished so far.
+        """
+        if batch_size < 1:
+            raise BudgieError(f"batch_size must be >= 1, got {batch_size}")
+        single = isinstance(audio, (str, os.PathLike, bytes, np.ndarray))
+        inputs: list[AudioInput] = (
+            [cast(AudioInput, audio)] if single else list(cast(Sequence[AudioInput], audio))
+        )
+        results = self._run(inputs, batch_size, timestamps, confidence, progress)
+        if single:
+            result = results[0]
+            if isinstance(result, TranscriptionError):
+                raise AudioError(result.error)
+            return result
+        return results
+
+    def _run(
+        self,
+        inputs: list[AudioInput],
+        batch_size: int,
+        timestamps: bool,
+        confidence: bool,
+        progress: ProgressCallback | None,
+    ) -> list[Result]:
+        results: list[Result | None] = [None] * len(inputs)
+        done = 0
+        loaded: list[_Loaded] = []
+        for index, source in enumerate(inputs):
+            clock = PhaseClock(self.device, sync=False)
+            try:
+                with clock.phase("load_audio"):
+                    samples = load_audio(source)
+                check_single_pass(self.network.cfg, len(samples), self.device)
+            except BudgieError as exc:
+                results[index] = TranscriptionError(describe_source(source), str(exc))
+                done += 1
+                if progress:
+                    progress(done)
+                continue
+            loaded.append(_Loaded(index, describe_source(source), samples, clock.ms["load_audio"]))
+
+        if batch_size > 1:
+            loaded.sort(key=lambda item: len(item.samples))
+        for start in range(0, len(loaded), batch_size):
+            batch = loaded[start : start + batch_size]
+            for item, result in zip(
+                batch, self._transcribe_batch(batch, timestamps, confidence), strict=True
+            ):
+                results[item.index] = result
+            done += len(batch)
+            if progress:
+                progress(done)
+        return [r for r in results if r is not None]
+
+    @torch.inference_mode()
+    def _transcribe_batch(
+        self, batch: list[_Loaded], timestamps: bool, confidence: bool
+    ) -> list[Transcript]:
+        net = self.network
+        clock = PhaseClock(self.device, sync=self.sync_phases)
+        lengths = [len(item.samples) for item in batch]
+        with clock.phase("preprocess"):
+            audio = torch.zeros(len(batch), max(max(lengths), 1), dtype=torch.float32)
+            for row, item in enumerate(batch):
+                audio[row, : len(item.samples)] = torch.from_numpy(item.samples)
+            audio = audio.to(self.device, non_blocking=True)
+            num_samples = torch.tensor(lengths, device=self.device)
+            features, feature_lengths = net.preprocessor(audio, num_samples)
+        with clock.phase("encode"):
+            encoded, enc_lengths = net.encoder(features.to(net.encoder_dtype), feature_lengths)
+            encoded = encoded.float()
+        with clock.phase("decode"):
+            hyps = self._decode(encoded, enc_lengths, confidence)
+        frames = enc_lengths.tolist()
+        out = []
+        for item, hyp, n_frames in zip(batch, hyps, frames, strict=True):
+            tclock = PhaseClock(self.device, sync=False)
+            with tclock.phase("tokenize"):
+                text, tokens, words, segments = build_text_and_timestamps(
+                    self.tokenizer,
+                    hyp.token_ids,
+                    hyp.frames,
+                    hyp.durations,
+                    hyp.confidences,
+                    net.cfg.frame_shift_s,
+                )
+            timings = PhaseTimings(
+                load_audio_ms=item.load_ms,
+                preprocess_ms=clock.ms["preprocess"],
+                encode_ms=clock.ms["encode"],
+                decode_ms=clock.ms["decode"],
+                tokenize_ms=tclock.ms["tokenize"],
+            )
+            timings.total_ms = (
+                timings.load_audio_ms
+                + timings.preprocess_ms
+                + timings.encode_ms
+                + timings.decode_ms
+                + timings.tokenize_ms
+            )
+            out.append(
+                Transcript(
+                    text=text,
+                    tokens=tokens,
+                    words=words if timestamps else [],
+                    segments=segments if timestamps else [],
+                    duration_s=len(item.samples) / SAMPLE_RATE,
+                    timings=timings,
+                    decoder_steps=hyp.steps,
+                    encoder_frames=int(n_frames),
+                    batch_size=len(batch),
+                    source=item.source,
+                )
+            )
+        return out
+
+    def _decode(
+        self, encoded: torch.Tensor, lengths: torch.Tensor, confidence: bool
+    ) -> list[Hypothesis]:
+        net = self.network
+        durations, max_symbols = net.cfg.decoding.durations, net.cfg.decoding.max_symbols
+        if encoded.shape[0] == 1 or self.device.type == "cpu":
+            # On the CPU a plain loop per utterance beats tensor bookkeeping for the batch.
+            return [
+                greedy_decode_single(
+                    net.decoder,
+                    net.joint,
+                    encoded[row, : int(n)],
+                    durations,
+                    max_symbols,
+                    confidence,
+                )
+                for row, n in enumerate(lengths.tolist())
+            ]
+        return greedy_decode_batched(
+            net.decoder, net.joint, encoded, lengths, durations, max_symbols, confidence
+        )
