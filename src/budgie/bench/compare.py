@@ -1,0 +1,218 @@
+"""Compare two benchmark files: phase means and p50s side by side, B/A ratios, shares, RTF.
+
+Two views: *shared* uses only the samples present in both files (each sample's repeats are
+averaged first, so every sample counts once on both sides: a like-for-like speed comparison);
+*overall* uses every valid run of each file as it is. Samples are matched by an explicit key
+(Budgie ``sample``, parakeet.js ``sampleKey``, or a file-name field) when both files have one
+for every run and the keys overlap; otherwise by (normalised reference text, duration to 10 ms).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from budgie.bench import stats
+from budgie.bench.records import PHASES, Record, RunFile
+from budgie.bench.report import Block, Bullets, Heading, Table, ms, num, pct, render_blocks, to_json
+
+SERIES = (*PHASES, "total")
+
+
+def _content_key(r: Record) -> str | None:
+    if r.reference is None:
+        return None
+    return " ".join(r.reference.lower().split()) + f"|{r.duration_s:.2f}"
+
+
+def _keys(run: RunFile, how: str) -> list[str | None]:
+    return [r.sample if how == "sample" else _content_key(r) for r in run.valid]
+
+
+def choose_key(a: RunFile, b: RunFile) -> str | None:
+    """ "sample", "content" or None: the first key kind complete in both files that overlaps."""
+    for how in ("sample", "content"):
+        ka, kb = _keys(a, how), _keys(b, how)
+        if None not in ka and None not in kb and set(ka) & set(kb):
+            return how
+    return None
+
+
+def _per_sample(run: RunFile, how: str) -> dict[str, dict[str, float]]:
+    """Sample key -> mean of each series (and rtf) over that sample's valid runs."""
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for key, r in zip(_keys(run, how), run.valid, strict=True):
+        groups[str(key)].append(r)
+    out = {}
+    for key, records in groups.items():
+        values = {p: float(np.mean([r.phases_ms[p] for r in records])) for p in PHASES}
+        values["total"] = float(np.mean([r.total_ms for r in records]))
+        rtfs = [r.rtf for r in records if r.rtf is not None]
+        values["rtf"] = float(np.mean(rtfs)) if rtfs else float("nan")
+        values["duration"] = records[0].duration_s
+        out[key] = values
+    return out
+
+
+def _ratio(b: float | None, a: float | None) -> float | None:
+    if a is None or b is None or a == 0:
+        return None
+    return b / a
+
+
+def _side(columns: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean and p50 of each series, shares, RTF and mean duration of one side."""
+    out: dict[str, Any] = {}
+    for name in (*SERIES, "rtf"):
+        values = columns[name][~np.isnan(columns[name])]
+        s = stats.summarize(values) if values.size else None
+        out[name] = {"mean": s.mean if s else None, "p50": s.p50 if s else None}
+    total = out["total"]["mean"]
+    out["share"] = {p: (out[p]["mean"] / total if total else None) for p in PHASES}
+    out["duration_mean"] = float(np.mean(columns["duration"]))
+    out["n"] = int(columns["duration"].size)
+    return out
+
+
+def _section(ca: dict[str, np.ndarray], cb: dict[str, np.ndarray]) -> dict[str, Any]:
+    sa, sb = _side(ca), _side(cb)
+    rows = {}
+    for name in (*SERIES, "rtf"):
+        rows[name] = {
+            "a_mean": sa[name]["mean"],
+            "b_mean": sb[name]["mean"],
+            "mean_ratio": _ratio(sb[name]["mean"], sa[name]["mean"]),
+            "a_p50": sa[name]["p50"],
+            "b_p50": sb[name]["p50"],
+            "p50_ratio": _ratio(sb[name]["p50"], sa[name]["p50"]),
+        }
+    return {
+        "n_a": sa["n"],
+        "n_b": sb["n"],
+        "duration_mean": {"a": sa["duration_mean"], "b": sb["duration_mean"]},
+        "series": rows,
+        "share": {p: {"a": sa["share"][p], "b": sb["share"][p]} for p in PHASES},
+    }
+
+
+def _columns_from_records(run: RunFile) -> dict[str, np.ndarray]:
+    valid = run.valid
+    cols = {p: np.array([r.phases_ms[p] for r in valid], dtype=np.float64) for p in PHASES}
+    cols["total"] = np.array([r.total_ms for r in valid], dtype=np.float64)
+    cols["rtf"] = np.array([np.nan if r.rtf is None else r.rtf for r in valid], dtype=np.float64)
+    cols["duration"] = np.array([r.duration_s for r in valid], dtype=np.float64)
+    return cols
+
+
+def _columns_from_samples(samples: dict[str, dict[str, float]], keys: list[str]) -> Any:
+    names = (*SERIES, "rtf", "duration")
+    return {n: np.array([samples[k][n] for k in keys], dtype=np.float64) for n in names}
+
+
+def _file_info(run: RunFile) -> dict[str, Any]:
+    return {"file": run.name, "source": run.source, "n": len(run.valid), "errors": len(run.errors)}
+
+
+def compare(a: RunFile, b: RunFile) -> dict[str, Any]:
+    """Comparison dict of baseline ``a`` and candidate ``b`` (ratios are B/A)."""
+    a.require_valid()
+    b.require_valid()
+    notes: list[str] = []
+    how = choose_key(a, b)
+    result: dict[str, Any] = {"a": _file_info(a), "b": _file_info(b), "shared": None}
+    match: dict[str, Any] = {"key": how, "shared": 0, "only_a": 0, "only_b": 0}
+    if how is None:
+        notes.append("No shared samples (no common sample keys or reference texts): overall only.")
+    else:
+        sa, sb = _per_sample(a, how), _per_sample(b, how)
+        shared = sorted(set(sa) & set(sb))
+        match.update(shared=len(shared), only_a=len(set(sa) - set(sb)))
+        match["only_b"] = len(set(sb) - set(sa))
+        ca, cb = _columns_from_samples(sa, shared), _columns_from_samples(sb, shared)
+        section = _section(ca, cb)
+        per_sample = cb["total"] / np.where(ca["total"] > 0, ca["total"], np.nan)
+        per_sample = per_sample[~np.isnan(per_sample)]
+        section["total_ratio_per_sample"] = asdict_summary(per_sample) if per_sample.size else None
+        result["shared"] = section
+        if how == "content":
+            notes.append("Samples matched by reference text and duration (no common sample keys).")
+    result["match"] = match
+    result["overall"] = _section(_columns_from_records(a), _columns_from_records(b))
+    for side, run in (("A", a), ("B", b)):
+        if run.errors:
+            notes.append(f"{side}: {len(run.errors)} error row(s) excluded.")
+    result["notes"] = notes
+    return result
+
+
+def asdict_summary(values: np.ndarray) -> dict[str, float]:
+    s = stats.summarize(values)
+    return {"mean": s.mean, "min": s.min, "max": s.max, "p50": s.p50, "p95": s.p95}
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{num(value, 2)}x"
+
+
+def _table(section: dict[str, Any]) -> Table:
+    rows = []
+    for name in (*SERIES, "rtf"):
+        r = section["series"][name]
+        fmt = ms if name != "rtf" else (lambda v: num(v, 2))
+        share = section["share"].get(name, {"a": None, "b": None})
+        rows.append(
+            [
+                "RTF" if name == "rtf" else name.capitalize(),
+                fmt(r["a_mean"]),
+                fmt(r["b_mean"]),
+                _x(r["mean_ratio"]),
+                fmt(r["a_p50"]),
+                fmt(r["b_p50"]),
+                _x(r["p50_ratio"]),
+                pct(share["a"]) if name in PHASES else "",
+                pct(share["b"]) if name in PHASES else "",
+            ]
+        )
+    header = ["ms", "A mean", "B mean", "B/A", "A p50", "B p50", "B/A", "A share", "B share"]
+    return Table(header, rows)
+
+
+def compare_blocks(c: dict[str, Any]) -> list[Block]:
+    m = c["match"]
+    blocks: list[Block] = [
+        Heading("Benchmark comparison (ratios are B/A; below 1 is faster for times, RTF above 1)"),
+        f"A: {c['a']['file']} ({c['a']['source']}, {c['a']['n']} valid runs, "
+        f"{c['a']['errors']} errors)",
+        f"B: {c['b']['file']} ({c['b']['source']}, {c['b']['n']} valid runs, "
+        f"{c['b']['errors']} errors)",
+        f"Matched by {m['key'] or 'nothing'}: {m['shared']} shared samples, "
+        f"{m['only_a']} only in A, {m['only_b']} only in B",
+    ]
+    if c["shared"]:
+        s = c["shared"]
+        blocks += [Heading(f"Shared samples (n = {s['n_a']}, repeats averaged)"), _table(s)]
+        per = s.get("total_ratio_per_sample")
+        if per:
+            blocks.append(
+                f"Per-sample total B/A: p50 {_x(per['p50'])}, min {_x(per['min'])}, "
+                f"max {_x(per['max'])}"
+            )
+    o = c["overall"]
+    blocks += [Heading(f"Overall (all valid runs: A n = {o['n_a']}, B n = {o['n_b']})"), _table(o)]
+    d = o["duration_mean"]
+    blocks.append(f"Mean audio duration: A {num(d['a'], 2)} s, B {num(d['b'], 2)} s")
+    if c["notes"]:
+        blocks += [Heading("Notes"), Bullets(c["notes"])]
+    return blocks
+
+
+def render_compare(c: dict[str, Any], fmt: str) -> str:
+    """``fmt``: "text", "markdown" or "json"."""
+    if fmt == "json":
+        return to_json(c)
+    return render_blocks(compare_blocks(c), fmt)
