@@ -27,6 +27,8 @@ CHARS_PER_TOKEN = 2.7
 gives 2.69 on the parakeet.js fixture's transcriptions (clinical English)."""
 
 SPEEDUPS = (2.0, 10.0)
+WER_MAX_PAIRS = 10_000
+"""Above this many distinct (reference, transcription) pairs, WER uses an evenly spaced subset."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,9 @@ class Dataset:
     n_errors: int
 
 
-def _count_column(run: RunFile, key: str) -> FloatArray | None:
-    values = [r.counts.get(key) for r in run.valid]
-    if not values or any(v is None for v in values):
-        return None
-    return np.asarray(values, dtype=np.float64)
+def _complete(column: FloatArray) -> FloatArray | None:
+    """The column when every valid run recorded it, else None."""
+    return None if np.isnan(column).any() else column
 
 
 def _load_tokenizer(path: str) -> Any:
@@ -75,29 +75,28 @@ def estimate_tokens(texts: list[str], tokenizer: str | None) -> tuple[FloatArray
 
 
 def build_dataset(run: RunFile, tokenizer: str | None = None) -> Dataset:
-    """Columns of the valid records; token counts recorded, or estimated from transcriptions."""
-    valid = run.require_valid()
-    ms = {p: np.asarray([r.phases_ms[p] for r in valid], dtype=np.float64) for p in PHASES}
-    ms["total"] = np.asarray([r.total_ms for r in valid], dtype=np.float64)
-    if all(r.load_audio_ms is not None for r in valid):
-        ms["load_audio"] = np.asarray([r.load_audio_ms for r in valid], dtype=np.float64)
-    rtf = np.asarray([np.nan if r.rtf is None else r.rtf for r in valid], dtype=np.float64)
-    tokens = _count_column(run, "tokens")
+    """Columns of the valid runs; token counts recorded, or estimated from transcriptions."""
+    run.require_valid()
+    ms = dict(run.ms)
+    load_audio = _complete(run.optional["load_audio"])
+    if load_audio is not None:
+        ms["load_audio"] = load_audio
+    tokens = _complete(run.optional["tokens"])
     source = "recorded"
     if tokens is None:
-        texts = [r.transcription for r in valid]
+        texts = run.transcription
         if all(t is not None for t in texts):
             tokens, source = estimate_tokens([t or "" for t in texts], tokenizer)
         else:
             source = "none"
     return Dataset(
-        duration=np.asarray([r.duration_s for r in valid], dtype=np.float64),
+        duration=run.duration,
         ms=ms,
-        rtf=rtf,
-        rtf_recorded=all(r.rtf_recorded for r in valid),
+        rtf=run.rtf,
+        rtf_recorded=run.rtf_recorded,
         tokens=tokens,
         tokens_source=source,
-        steps=_count_column(run, "decoder_steps"),
+        steps=_complete(run.optional["decoder_steps"]),
         n_errors=len(run.errors),
     )
 
@@ -211,17 +210,34 @@ def _token_sections(data: Dataset, tokenizer: str | None, notes: list[str]) -> d
     return out
 
 
-def _wer(run: RunFile) -> dict[str, Any] | None:
-    errors = words = pairs = 0
-    recorded = [r.wer for r in run.valid if r.wer is not None]
-    for r in run.valid:
-        if r.reference is not None and r.transcription is not None and r.reference.strip():
-            counts = wer_counts(r.reference, r.transcription)
-            errors, words, pairs = errors + counts.errors, words + counts.words, pairs + 1
-    if pairs and words:
-        return {"wer": errors / words, "errors": errors, "words": words, "n": pairs}
-    if recorded:
-        return {"wer": float(np.mean(recorded)), "n": len(recorded), "source": "recorded mean"}
+def _wer(run: RunFile, notes: list[str]) -> dict[str, Any] | None:
+    """Corpus WER (word errors / reference words) over the runs that have both texts.
+
+    Repeats of a sample share their pair and are computed once; when more than
+    WER_MAX_PAIRS distinct pairs exist, an evenly spaced subset of runs is used and said so.
+    """
+    pairs = [
+        (ref, hyp)
+        for ref, hyp in zip(run.reference, run.transcription, strict=True)
+        if ref is not None and hyp is not None and ref.strip()
+    ]
+    step = 1
+    if len(set(pairs)) > WER_MAX_PAIRS:
+        step = -(-len(pairs) // WER_MAX_PAIRS)
+        notes.append(
+            f"WER computed on every {step}th of the {len(pairs)} runs with a reference "
+            f"(more than {WER_MAX_PAIRS} distinct transcripts); timings use every run."
+        )
+    errors = words = 0
+    for ref, hyp in pairs[::step]:
+        counts = wer_counts(ref, hyp)
+        errors, words = errors + counts.errors, words + counts.words
+    if words:
+        used = len(pairs[::step])
+        return {"wer": errors / words, "errors": errors, "words": words, "n": used}
+    recorded = run.wer[~np.isnan(run.wer)]
+    if recorded.size:
+        return {"wer": float(np.mean(recorded)), "n": int(recorded.size), "source": "recorded mean"}
     return None
 
 
@@ -277,7 +293,7 @@ def analyze(run: RunFile, tokenizer: str | None = None) -> dict[str, Any]:
         "n": int(data.duration.size),
         "errors": data.n_errors,
         "error_reasons": run.error_reasons(),
-        "cold": sum(1 for r in run.valid if r.warm is False),
+        "cold": sum(1 for w in run.warm if w is False),
         "duration_s": {
             "min": float(np.min(data.duration)),
             "max": float(np.max(data.duration)),
@@ -294,7 +310,7 @@ def analyze(run: RunFile, tokenizer: str | None = None) -> dict[str, Any]:
         "amdahl": _amdahl({p: phases[p]["mean"] for p in PHASES}, mean_total),
     }
     result.update(_token_sections(data, tokenizer, notes))
-    result["wer"] = _wer(run)
+    result["wer"] = _wer(run, notes)
     if result["cold"]:
         notes.append(f"{result['cold']} run(s) are marked cold (warm = false) and are included.")
     result["recommendations"] = recommendations(result)

@@ -9,26 +9,28 @@ for every run and the keys overlap; otherwise by (normalised reference text, dur
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
 from budgie.bench import stats
-from budgie.bench.records import PHASES, Record, RunFile
+from budgie.bench.records import PHASES, FloatArray, RunFile
 from budgie.bench.report import Block, Bullets, Heading, Table, ms, num, pct, render_blocks, to_json
 
 SERIES = (*PHASES, "total")
+HEADER = ["Phase (ms)", "A mean", "B mean", "B/A", "A p50", "B p50", "B/A", "A share", "B share"]
 
 
-def _content_key(r: Record) -> str | None:
-    if r.reference is None:
-        return None
-    return " ".join(r.reference.lower().split()) + f"|{r.duration_s:.2f}"
+Columns = dict[str, FloatArray]
 
 
 def _keys(run: RunFile, how: str) -> list[str | None]:
-    return [r.sample if how == "sample" else _content_key(r) for r in run.valid]
+    if how == "sample":
+        return run.sample
+    return [
+        None if ref is None else " ".join(ref.lower().split()) + f"|{d:.2f}"
+        for ref, d in zip(run.reference, run.duration.tolist(), strict=True)
+    ]
 
 
 def choose_key(a: RunFile, b: RunFile) -> str | None:
@@ -40,20 +42,23 @@ def choose_key(a: RunFile, b: RunFile) -> str | None:
     return None
 
 
-def _per_sample(run: RunFile, how: str) -> dict[str, dict[str, float]]:
-    """Sample key -> mean of each series (and rtf) over that sample's valid runs."""
-    groups: dict[str, list[Record]] = defaultdict(list)
-    for key, r in zip(_keys(run, how), run.valid, strict=True):
-        groups[str(key)].append(r)
-    out = {}
-    for key, records in groups.items():
-        values = {p: float(np.mean([r.phases_ms[p] for r in records])) for p in PHASES}
-        values["total"] = float(np.mean([r.total_ms for r in records]))
-        rtfs = [r.rtf for r in records if r.rtf is not None]
-        values["rtf"] = float(np.mean(rtfs)) if rtfs else float("nan")
-        values["duration"] = records[0].duration_s
-        out[key] = values
-    return out
+def _columns(run: RunFile) -> Columns:
+    return {**run.ms, "rtf": run.rtf, "duration": run.duration}
+
+
+def _per_sample(run: RunFile, how: str) -> tuple[dict[str, int], Columns]:
+    """Sample key -> row, and per-sample means of every column over that sample's repeats."""
+    index: dict[str, int] = {}
+    group = np.array([index.setdefault(str(k), len(index)) for k in _keys(run, how)])
+    count = np.bincount(group, minlength=len(index)).astype(np.float64)
+    means = {}
+    for name, values in _columns(run).items():
+        ok = ~np.isnan(values)
+        sums = np.bincount(group[ok], weights=values[ok], minlength=len(index))
+        counts = np.bincount(group[ok], minlength=len(index)) if not ok.all() else count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[name] = sums / counts
+    return index, means
 
 
 def _ratio(b: float | None, a: float | None) -> float | None:
@@ -62,7 +67,7 @@ def _ratio(b: float | None, a: float | None) -> float | None:
     return b / a
 
 
-def _side(columns: dict[str, np.ndarray]) -> dict[str, Any]:
+def _side(columns: Columns) -> dict[str, Any]:
     """Mean and p50 of each series, shares, RTF and mean duration of one side."""
     out: dict[str, Any] = {}
     for name in (*SERIES, "rtf"):
@@ -76,7 +81,7 @@ def _side(columns: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def _section(ca: dict[str, np.ndarray], cb: dict[str, np.ndarray]) -> dict[str, Any]:
+def _section(ca: Columns, cb: Columns) -> dict[str, Any]:
     sa, sb = _side(ca), _side(cb)
     rows = {}
     for name in (*SERIES, "rtf"):
@@ -97,22 +102,8 @@ def _section(ca: dict[str, np.ndarray], cb: dict[str, np.ndarray]) -> dict[str, 
     }
 
 
-def _columns_from_records(run: RunFile) -> dict[str, np.ndarray]:
-    valid = run.valid
-    cols = {p: np.array([r.phases_ms[p] for r in valid], dtype=np.float64) for p in PHASES}
-    cols["total"] = np.array([r.total_ms for r in valid], dtype=np.float64)
-    cols["rtf"] = np.array([np.nan if r.rtf is None else r.rtf for r in valid], dtype=np.float64)
-    cols["duration"] = np.array([r.duration_s for r in valid], dtype=np.float64)
-    return cols
-
-
-def _columns_from_samples(samples: dict[str, dict[str, float]], keys: list[str]) -> Any:
-    names = (*SERIES, "rtf", "duration")
-    return {n: np.array([samples[k][n] for k in keys], dtype=np.float64) for n in names}
-
-
 def _file_info(run: RunFile) -> dict[str, Any]:
-    return {"file": run.name, "source": run.source, "n": len(run.valid), "errors": len(run.errors)}
+    return {"file": run.name, "source": run.source, "n": run.n, "errors": len(run.errors)}
 
 
 def compare(a: RunFile, b: RunFile) -> dict[str, Any]:
@@ -126,11 +117,13 @@ def compare(a: RunFile, b: RunFile) -> dict[str, Any]:
     if how is None:
         notes.append("No shared samples (no common sample keys or reference texts): overall only.")
     else:
-        sa, sb = _per_sample(a, how), _per_sample(b, how)
-        shared = sorted(set(sa) & set(sb))
-        match.update(shared=len(shared), only_a=len(set(sa) - set(sb)))
-        match["only_b"] = len(set(sb) - set(sa))
-        ca, cb = _columns_from_samples(sa, shared), _columns_from_samples(sb, shared)
+        (ia, ma), (ib, mb) = _per_sample(a, how), _per_sample(b, how)
+        shared = sorted(set(ia) & set(ib))
+        match.update(shared=len(shared), only_a=len(set(ia) - set(ib)))
+        match["only_b"] = len(set(ib) - set(ia))
+        ra, rb = [ia[k] for k in shared], [ib[k] for k in shared]
+        ca = {name: values[ra] for name, values in ma.items()}
+        cb = {name: values[rb] for name, values in mb.items()}
         section = _section(ca, cb)
         per_sample = cb["total"] / np.where(ca["total"] > 0, ca["total"], np.nan)
         per_sample = per_sample[~np.isnan(per_sample)]
@@ -139,7 +132,7 @@ def compare(a: RunFile, b: RunFile) -> dict[str, Any]:
         if how == "content":
             notes.append("Samples matched by reference text and duration (no common sample keys).")
     result["match"] = match
-    result["overall"] = _section(_columns_from_records(a), _columns_from_records(b))
+    result["overall"] = _section(_columns(a), _columns(b))
     for side, run in (("A", a), ("B", b)):
         if run.errors:
             notes.append(f"{side}: {len(run.errors)} error row(s) excluded.")
@@ -147,7 +140,7 @@ def compare(a: RunFile, b: RunFile) -> dict[str, Any]:
     return result
 
 
-def asdict_summary(values: np.ndarray) -> dict[str, float]:
+def asdict_summary(values: FloatArray) -> dict[str, float]:
     s = stats.summarize(values)
     return {"mean": s.mean, "min": s.min, "max": s.max, "p50": s.p50, "p95": s.p95}
 
@@ -167,7 +160,7 @@ def _table(section: dict[str, Any]) -> Table:
         share = section["share"].get(name, {"a": None, "b": None})
         rows.append(
             [
-                "RTF" if name == "rtf" else name.capitalize(),
+                "RTF (x)" if name == "rtf" else name.capitalize(),
                 fmt(r["a_mean"]),
                 fmt(r["b_mean"]),
                 _x(r["mean_ratio"]),
@@ -178,8 +171,7 @@ def _table(section: dict[str, Any]) -> Table:
                 pct(share["b"]) if name in PHASES else "",
             ]
         )
-    header = ["ms", "A mean", "B mean", "B/A", "A p50", "B p50", "B/A", "A share", "B share"]
-    return Table(header, rows)
+    return Table(HEADER, rows)
 
 
 def compare_blocks(c: dict[str, Any]) -> list[Block]:
