@@ -136,6 +136,25 @@ def test_edit_distance(ref: str, hyp: str, distance: int) -> None:
     assert edit_distance(tuple(ref.split()), tuple(hyp.split())) == distance
 
 
+def reference_distance(ref: tuple[str, ...], hyp: tuple[str, ...]) -> int:
+    """The textbook dynamic programme, to check the bit-parallel version against."""
+    previous = list(range(len(hyp) + 1))
+    for i, rw in enumerate(ref, 1):
+        current = [i]
+        for j, hw in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (rw != hw)))
+        previous = current
+    return previous[-1]
+
+
+def test_edit_distance_matches_dynamic_programme() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(500):  # lengths past 64 words exercise multi-word bit vectors
+        ref = tuple(rng.choice(list("abcd"), rng.integers(0, 90)).tolist())
+        hyp = tuple(rng.choice(list("abcde"), rng.integers(0, 90)).tolist())
+        assert edit_distance(ref, hyp) == reference_distance(ref, hyp)
+
+
 def test_word_error_rate() -> None:
     assert word_error_rate("The cat sat.", "the cat sat") == 0.0
     assert word_error_rate("the cat sat on the mat", "the cat sat on a mat") == pytest.approx(1 / 6)

@@ -78,7 +78,7 @@ def _outliers(analysis: dict[str, Any]) -> list[str]:
 
 def _decode_driver(analysis: dict[str, Any]) -> list[str]:
     tokens = analysis.get("tokens")
-    if not tokens or analysis["phases"]["decode"]["mean"] == 0:
+    if not tokens or analysis["n"] < 3 or analysis["phases"]["decode"]["mean"] == 0:
         return []
     by_tokens = tokens["decode_fit"]
     by_duration = analysis["fits"]["decode"]
