@@ -230,6 +230,9 @@ def test_budgie_file_counts_and_fits(tmp_path: Path, capsys: pytest.CaptureFixtu
     decode = [3 * d + 0.5 * t + 2 for d, t in zip(DURATIONS, TOKENS, strict=True)]
     assert a["decoder_steps"]["decode_ms_per_count"] == pytest.approx(sum(decode) / (2 * 97))
     assert a["phases"]["load_audio"]["mean"] == 1.5
+    # Budgie's total_ms includes load_audio_ms, so it is a phase of its own in the shares
+    assert a["share"]["load_audio"] == pytest.approx(1.5 / a["phases"]["total"]["mean"])
+    assert set(a["bottleneck"]) == {"load_audio", "preprocess", "encode", "decode", "tokenize"}
     assert a["wer"] == {"wer": pytest.approx(1 / 36), "errors": 1, "words": 36, "n": 6}
     d, t = np.array(DURATIONS), np.array(TOKENS, dtype=float)
     assert a["rtf"]["mean"] == pytest.approx(np.mean(d * 1000 / (3 + 3 * d + 0.5 * t + 2)))
@@ -237,6 +240,21 @@ def test_budgie_file_counts_and_fits(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, text, _ = run_cli(capsys, "analyze", str(budgie_file(tmp_path)))
     assert code == 0 and "ESTIMATED" not in text and "Decoder steps" in text
     assert "WER: 2.8 % (1 word errors / 36 reference words" in text
+
+
+def test_batched_runs_rtfx_is_throughput(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two 5 s clips decoded together in 100 ms: each run carries the batch's 100 ms."""
+    runs = [budgie_run(5.0, 97.0, batch_size=2, sample=f"s{i}") for i in range(2)]
+    code, out, _ = run_cli(
+        capsys, "analyze", str(write_runs(tmp_path / "b.json", runs)), "--format", "json"
+    )
+    a = strict_json(out)
+    assert code == 0 and a["phases"]["total"]["mean"] == 100.0
+    assert a["rtfx"]["total"] == pytest.approx(10.0 / 0.1)  # not 10 s / 0.2 s
+    assert a["rtf"]["mean"] == pytest.approx(50.0)  # per-run latency view
+    assert any("timed in batches of up to 2" in n for n in a["notes"])
 
 
 def test_error_rows_are_excluded_not_zero(

@@ -84,6 +84,7 @@ def test_match_by_content_across_formats(
             encode=r["metrics"]["encode_ms"] / 2,
             preprocess=r["metrics"]["preprocess_ms"],
             sample=f"clip-{i}.wav",
+            load_audio_ms=3.0,
             referenceText=r["referenceText"],
             transcription=r["transcription"],
         )
@@ -95,6 +96,8 @@ def test_match_by_content_across_formats(
     assert c["shared"]["series"]["decode"]["mean_ratio"] == pytest.approx(0.1)
     assert c["shared"]["series"]["encode"]["mean_ratio"] == pytest.approx(0.5)
     assert any("matched by reference text" in n for n in c["notes"])
+    assert any("Only B's total_ms includes audio loading" in n for n in c["notes"])
+    assert "load_audio" not in c["shared"]["series"]  # A did not record it
 
 
 def test_no_shared_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,6 +116,17 @@ def test_rendered_formats(capsys: pytest.CaptureFixture[str], fmt: str) -> None:
     assert "Shared samples (n = 100" in out and "1.00x" in out and "46.1 %" in out
     if fmt == "markdown":
         assert "| Decode | 119.0 | 119.0 | 1.00x | 126.8 | 126.8 | 1.00x | 46.1 % | 46.1 % |" in out
+
+
+def test_load_audio_compared_when_both_have_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = write_runs(tmp_path / "a.json", [budgie_run(1.0, 4.0, sample="s", load_audio_ms=2.0)])
+    b = write_runs(tmp_path / "b.json", [budgie_run(1.0, 4.0, sample="s", load_audio_ms=1.0)])
+    c = compare_json(capsys, a, b)
+    assert c["shared"]["series"]["load_audio"]["mean_ratio"] == 0.5
+    code, out, _ = run_cli(capsys, "compare", str(a), str(b))
+    assert code == 0 and "Load audio" in out
 
 
 def test_zero_baseline_gives_null_ratio(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,13 +36,19 @@ class Dataset:
     """Column arrays of the valid records; what the statistics and the plots read."""
 
     duration: FloatArray
-    ms: dict[str, FloatArray]  # the PHASES plus "total" (and "load_audio" when every run has it)
+    ms: dict[str, FloatArray]  # ["load_audio" when every run has it,] the PHASES, "total"
     rtf: FloatArray  # NaN where a run has no RTF (total_ms 0 and no recorded rtf)
     rtf_recorded: bool
     tokens: FloatArray | None
     tokens_source: str  # "recorded" | "tokenizer" | "characters" | "none"
     steps: FloatArray | None
+    batch: FloatArray | None  # utterances that shared each run's phase times
     n_errors: int
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The phases that share the total: Budgie's total_ms includes load_audio_ms."""
+        return ("load_audio", *PHASES) if "load_audio" in self.ms else PHASES
 
 
 def _complete(column: FloatArray) -> FloatArray | None:
@@ -77,10 +83,8 @@ def estimate_tokens(texts: list[str], tokenizer: str | None) -> tuple[FloatArray
 def build_dataset(run: RunFile, tokenizer: str | None = None) -> Dataset:
     """Columns of the valid runs; token counts recorded, or estimated from transcriptions."""
     run.require_valid()
-    ms = dict(run.ms)
     load_audio = _complete(run.optional["load_audio"])
-    if load_audio is not None:
-        ms["load_audio"] = load_audio
+    ms = {**({} if load_audio is None else {"load_audio": load_audio}), **run.ms}
     tokens = _complete(run.optional["tokens"])
     source = "recorded"
     if tokens is None:
@@ -97,6 +101,7 @@ def build_dataset(run: RunFile, tokenizer: str | None = None) -> Dataset:
         tokens=tokens,
         tokens_source=source,
         steps=_complete(run.optional["decoder_steps"]),
+        batch=_complete(run.optional["batch_size"]),
         n_errors=len(run.errors),
     )
 
@@ -195,7 +200,7 @@ def _token_sections(data: Dataset, tokenizer: str | None, notes: list[str]) -> d
         if fit2 is None:
             notes.append(
                 "Two-variable decode fit skipped: duration and token count cannot be "
-                "separated (fewer than 4 runs, a constant, or collinear)."
+                "separated (fewer than 4 runs, a constant, or nearly collinear: |r| > 0.999)."
             )
         else:
             out["decode_fit2"] = {
@@ -245,11 +250,32 @@ def _wer(run: RunFile, notes: list[str]) -> dict[str, Any] | None:
 def _amdahl(mean_ms: dict[str, float], total: float) -> dict[str, dict[str, float]]:
     """Mean total if one phase alone became k times faster (the rest unchanged)."""
     out = {}
-    for phase in PHASES:
-        part = mean_ms[phase]
+    for phase, part in mean_ms.items():
         entry = {f"total_ms_if_{k:g}x": total - part * (1.0 - 1.0 / k) for k in SPEEDUPS}
         entry["total_ms_if_removed"] = total - part
         out[phase] = entry
+    return out
+
+
+def _rtfx(data: Dataset, audio_s: float, notes: list[str]) -> dict[str, float | None]:
+    """Audio seconds per second spent in each phase, over the whole file.
+
+    A run timed in a batch carries the whole batch's phase times, so each run's time is divided
+    by its recorded batch_size: the sum is then the wall time actually spent.
+    """
+    batch = data.batch if data.batch is not None and (data.batch > 1).any() else None
+    if batch is not None:
+        notes.append(
+            f"Runs were timed in batches of up to {int(np.max(batch))}: their phase times are "
+            "the batch's, so per-run times and RTF describe latency per batch; RTFx divides "
+            "each run's time by its batch_size to give throughput."
+        )
+    out: dict[str, float | None] = {}
+    for name, values in data.ms.items():
+        spent = float(np.sum(values if batch is None else values / batch)) / 1000.0
+        out[name] = audio_s / spent if spent > 0 else None
+    if any(v is None for v in out.values()):
+        notes.append("RTFx is null for phases that took 0 ms in every run (infinitely fast).")
     return out
 
 
@@ -279,14 +305,9 @@ def analyze(run: RunFile, tokenizer: str | None = None) -> dict[str, Any]:
     _degenerate_notes(run, data, notes)
     phases = {name: asdict(stats.summarize(values)) for name, values in data.ms.items()}
     mean_total = phases["total"]["mean"]
-    share = {p: (phases[p]["mean"] / mean_total if mean_total else None) for p in PHASES}
+    share = {p: (phases[p]["mean"] / mean_total if mean_total else None) for p in data.phases}
     audio_s = float(np.sum(data.duration))
-    rtfx = {
-        name: (audio_s / (float(np.sum(v)) / 1000.0) if float(np.sum(v)) > 0 else None)
-        for name, v in data.ms.items()
-    }
-    if any(v is None for v in rtfx.values()):
-        notes.append("RTFx is null for phases that took 0 ms in every run (infinitely fast).")
+    rtfx = _rtfx(data, audio_s, notes)
     result: dict[str, Any] = {
         "file": run.name,
         "source": run.source,
@@ -307,8 +328,8 @@ def analyze(run: RunFile, tokenizer: str | None = None) -> dict[str, Any]:
         "rtf": _rtf(data, notes),
         "rtfx": rtfx,
         "buckets": _buckets(data.duration, data.ms),
-        "bottleneck": sorted(PHASES, key=lambda p: -(share[p] or 0.0)),
-        "amdahl": _amdahl({p: phases[p]["mean"] for p in PHASES}, mean_total),
+        "bottleneck": sorted(data.phases, key=lambda p: -(share[p] or 0.0)),
+        "amdahl": _amdahl({p: phases[p]["mean"] for p in data.phases}, mean_total),
     }
     result.update(_token_sections(data, tokenizer, notes))
     result["wer"] = _wer(run, notes)

@@ -15,9 +15,20 @@ import numpy as np
 
 from budgie.bench import stats
 from budgie.bench.records import PHASES, FloatArray, RunFile
-from budgie.bench.report import Block, Bullets, Heading, Table, ms, num, pct, render_blocks, to_json
+from budgie.bench.report import (
+    LABELS,
+    Block,
+    Bullets,
+    Heading,
+    Table,
+    ms,
+    num,
+    pct,
+    render_blocks,
+    to_json,
+)
 
-SERIES = (*PHASES, "total")
+KEY_NAMES = {"sample": "sample key", "content": "reference text and duration"}
 HEADER = ["Phase (ms)", "A mean", "B mean", "B/A", "A p50", "B p50", "B/A", "A share", "B share"]
 
 
@@ -43,7 +54,14 @@ def choose_key(a: RunFile, b: RunFile) -> str | None:
 
 
 def _columns(run: RunFile) -> Columns:
-    return {**run.ms, "rtf": run.rtf, "duration": run.duration}
+    load = run.optional["load_audio"]
+    extra = {} if np.isnan(load).any() else {"load_audio": load}
+    return {**extra, **run.ms, "rtf": run.rtf, "duration": run.duration}
+
+
+def _phases(ca: Columns, cb: Columns) -> tuple[str, ...]:
+    """The phases both sides have: load_audio only when both recorded it."""
+    return tuple(p for p in ("load_audio", *PHASES) if p in ca and p in cb)
 
 
 def _per_sample(run: RunFile, how: str) -> tuple[dict[str, int], Columns]:
@@ -67,24 +85,25 @@ def _ratio(b: float | None, a: float | None) -> float | None:
     return b / a
 
 
-def _side(columns: Columns) -> dict[str, Any]:
+def _side(columns: Columns, phases: tuple[str, ...]) -> dict[str, Any]:
     """Mean and p50 of each series, shares, RTF and mean duration of one side."""
     out: dict[str, Any] = {}
-    for name in (*SERIES, "rtf"):
+    for name in (*phases, "total", "rtf"):
         values = columns[name][~np.isnan(columns[name])]
         s = stats.summarize(values) if values.size else None
         out[name] = {"mean": s.mean if s else None, "p50": s.p50 if s else None}
     total = out["total"]["mean"]
-    out["share"] = {p: (out[p]["mean"] / total if total else None) for p in PHASES}
+    out["share"] = {p: (out[p]["mean"] / total if total else None) for p in phases}
     out["duration_mean"] = float(np.mean(columns["duration"]))
     out["n"] = int(columns["duration"].size)
     return out
 
 
 def _section(ca: Columns, cb: Columns) -> dict[str, Any]:
-    sa, sb = _side(ca), _side(cb)
+    phases = _phases(ca, cb)
+    sa, sb = _side(ca, phases), _side(cb, phases)
     rows = {}
-    for name in (*SERIES, "rtf"):
+    for name in (*phases, "total", "rtf"):
         rows[name] = {
             "a_mean": sa[name]["mean"],
             "b_mean": sb[name]["mean"],
@@ -98,7 +117,7 @@ def _section(ca: Columns, cb: Columns) -> dict[str, Any]:
         "n_b": sb["n"],
         "duration_mean": {"a": sa["duration_mean"], "b": sb["duration_mean"]},
         "series": rows,
-        "share": {p: {"a": sa["share"][p], "b": sb["share"][p]} for p in PHASES},
+        "share": {p: {"a": sa["share"][p], "b": sb["share"][p]} for p in phases},
     }
 
 
@@ -133,6 +152,13 @@ def compare(a: RunFile, b: RunFile) -> dict[str, Any]:
             notes.append("Samples matched by reference text and duration (no common sample keys).")
     result["match"] = match
     result["overall"] = _section(_columns(a), _columns(b))
+    has_load = ["load_audio" in _columns(run) for run in (a, b)]
+    if has_load[0] != has_load[1]:
+        side = "A" if has_load[0] else "B"
+        notes.append(
+            f"Only {side}'s total_ms includes audio loading (load_audio_ms): compare the "
+            "compute phases rather than the totals."
+        )
     for side, run in (("A", a), ("B", b)):
         if run.errors:
             notes.append(f"{side}: {len(run.errors)} error row(s) excluded.")
@@ -154,21 +180,20 @@ def _x(value: float | None) -> str:
 
 def _table(section: dict[str, Any]) -> Table:
     rows = []
-    for name in (*SERIES, "rtf"):
-        r = section["series"][name]
+    for name, r in section["series"].items():
         fmt = ms if name != "rtf" else (lambda v: num(v, 2))
-        share = section["share"].get(name, {"a": None, "b": None})
+        share = section["share"].get(name)
         rows.append(
             [
-                "RTF (x)" if name == "rtf" else name.capitalize(),
+                "RTF (x)" if name == "rtf" else LABELS[name],
                 fmt(r["a_mean"]),
                 fmt(r["b_mean"]),
                 _x(r["mean_ratio"]),
                 fmt(r["a_p50"]),
                 fmt(r["b_p50"]),
                 _x(r["p50_ratio"]),
-                pct(share["a"]) if name in PHASES else "",
-                pct(share["b"]) if name in PHASES else "",
+                pct(share["a"]) if share else "",
+                pct(share["b"]) if share else "",
             ]
         )
     return Table(HEADER, rows)
@@ -182,8 +207,12 @@ def compare_blocks(c: dict[str, Any]) -> list[Block]:
         f"{c['a']['errors']} errors)",
         f"B: {c['b']['file']} ({c['b']['source']}, {c['b']['n']} valid runs, "
         f"{c['b']['errors']} errors)",
-        f"Matched by {m['key'] or 'nothing'}: {m['shared']} shared samples, "
-        f"{m['only_a']} only in A, {m['only_b']} only in B",
+        (
+            f"Matched by {KEY_NAMES[m['key']]}: {m['shared']} shared samples, "
+            f"{m['only_a']} only in A, {m['only_b']} only in B"
+            if m["key"]
+            else "Samples: none shared (no common sample keys or reference texts)"
+        ),
     ]
     if c["shared"]:
         s = c["shared"]

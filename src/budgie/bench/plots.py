@@ -20,6 +20,7 @@ from budgie.errors import BudgieError
 
 MAX_POINTS = 20_000
 COLORS = {
+    "load_audio": "tab:orange",
     "preprocess": "tab:green",
     "encode": "tab:blue",
     "decode": "tab:red",
@@ -91,7 +92,7 @@ def _share_per_bucket(plt: Any, data: Dataset, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     bottom = np.zeros(keys.size)
     labels = [f"{k:g}–{k + 2:g}" for k in keys]
-    for name in PHASES:
+    for name in data.phases:
         mean = np.bincount(inverse, weights=data.ms[name]) / count
         share = np.divide(mean, total, out=np.zeros_like(mean), where=total > 0)
         ax.bar(labels, share, bottom=bottom, color=COLORS[name], label=name)
@@ -103,7 +104,7 @@ def _share_per_bucket(plt: Any, data: Dataset, path: Path) -> None:
     )
     ax.tick_params(axis="x", labelrotation=45)
     ax.set_ylim(0, 1.15)
-    ax.legend(fontsize=8, ncol=len(PHASES), loc="upper center")
+    ax.legend(fontsize=8, ncol=len(data.phases), loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+R2_MARGIN = 0.02
+"""One fit 'explains more' than another only when its R² is larger by this much."""
+
 OUTLIER_FACTOR = 2.0
 """A maximum above this multiple of the p95 is called an outlier."""
 
@@ -26,9 +29,10 @@ def _attack(analysis: dict[str, Any]) -> list[str]:
     first = ranking[0]
     share = analysis["share"][first]
     amdahl = analysis["amdahl"][first]
+    label = first.replace("_", " ").capitalize()
     lines = [
         f"Attack {first} first: it is {_pct(share)} of the mean total ({total:.1f} ms). "
-        f"{first.capitalize()} 10x faster -> total {amdahl['total_ms_if_10x']:.1f} ms "
+        f"{label} 10x faster -> total {amdahl['total_ms_if_10x']:.1f} ms "
         f"(-{_pct(share * 0.9)}); 2x faster -> {amdahl['total_ms_if_2x']:.1f} ms "
         f"(-{_pct(share * 0.5)}); even removing it saves at most {_pct(share)}."
     ]
@@ -83,14 +87,16 @@ def _decode_driver(analysis: dict[str, Any]) -> list[str]:
     by_tokens = tokens["decode_fit"]
     by_duration = analysis["fits"]["decode"]
     estimated = " (estimated tokens)" if tokens["estimated"] else ""
-    if by_tokens["r2"] > by_duration["r2"]:
+    if by_tokens["r2"] > by_duration["r2"] + R2_MARGIN:
         verdict = (
             "decode time follows the token count more than the audio length: the cost is "
             "in the per-token loop (one decoder/joint step per emitted token), so a cheaper "
             "or batched step is what lowers it"
         )
+    elif by_duration["r2"] > by_tokens["r2"] + R2_MARGIN:
+        verdict = "decode time follows the audio length more than the token count"
     else:
-        verdict = "decode time follows audio length at least as well as the token count"
+        verdict = "token count and audio length explain decode time equally well here"
     line = (
         f"Decode costs {by_tokens['slope']:.2f} ms per token{estimated} (R² "
         f"{by_tokens['r2']:.3f}) vs {by_duration['slope']:.2f} ms per audio second "

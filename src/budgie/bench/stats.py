@@ -115,12 +115,16 @@ def linear_fit(x: ArrayLike, y: ArrayLike) -> Fit:
     return Fit(slope=slope, intercept=intercept, r2=r_squared(ys, slope * xs + intercept))
 
 
+MAX_CORRELATION = 0.999
+"""Above this |Pearson r| between the two predictors, their coefficients are not identifiable."""
+
+
 def linear_fit2(x1: ArrayLike, x2: ArrayLike, y: ArrayLike) -> Fit2 | None:
     """Least squares on two predictors plus a constant.
 
     Returns None when the predictors cannot be separated (fewer than 4 points, either one
-    constant, or the two collinear): then no unique split between them exists and a
-    minimum-norm answer would be an artefact, not a finding.
+    constant, or the two (nearly) collinear, |r| > MAX_CORRELATION): then the split between
+    them is decided by noise (huge opposite coefficients), an artefact rather than a finding.
     """
     a1, a2, ys = _array(x1), _array(x2), _array(y)
     if not a1.size == a2.size == ys.size:
@@ -133,7 +137,7 @@ def linear_fit2(x1: ArrayLike, x2: ArrayLike, y: ArrayLike) -> Fit2 | None:
     if n1 == 0.0 or n2 == 0.0:
         return None
     design = np.column_stack([c1 / n1, c2 / n2])
-    if np.linalg.matrix_rank(design, tol=1e-9) < 2:
+    if abs(float(np.dot(design[:, 0], design[:, 1]))) > MAX_CORRELATION:
         return None
     coef, *_ = np.linalg.lstsq(design, ys - np.mean(ys), rcond=None)
     a, b = float(coef[0]) / n1, float(coef[1]) / n2
