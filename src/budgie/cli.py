@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "budgie.commands.transcribe",
     "budgie.commands.synth",
     "budgie.bench.commands",
+    "budgie.bench.run_command",
 )
 
 
