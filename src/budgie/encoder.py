@@ -144,8 +144,21 @@ class ConvolutionModule(nn.Module):
         d, k = cfg.d_model, cfg.conv_kernel_size
         self.pointwise_conv1 = nn.Conv1d(d, 2 * d, 1, bias=cfg.use_bias)
         self.depthwise_conv = nn.Conv1d(d, d, k, padding=(k - 1) // 2, groups=d, bias=cfg.use_bias)
-        self.batch_norm = nn.BatchNorm1d(d)
+        self.batch_norm: nn.Module = nn.BatchNorm1d(d)
         self.pointwise_conv2 = nn.Conv1d(d, d, 1, bias=cfg.use_bias)
+
+    @torch.no_grad()
+    def fold_batch_norm(self) -> None:
+        """Fold the (inference-time, affine) BatchNorm into the depthwise conv: one op less."""
+        bn, conv = self.batch_norm, self.depthwise_conv
+        if not isinstance(bn, nn.BatchNorm1d):
+            return  # already folded
+        assert bn.running_var is not None and bn.running_mean is not None
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.weight = nn.Parameter(conv.weight * scale[:, None, None])
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+        self.batch_norm = nn.Identity()
 
     def forward(self, x: Tensor, pad_mask: Tensor | None) -> Tensor:
         """x [B, T, D]; pad_mask [B, T] True on padded frames."""
@@ -205,14 +218,22 @@ class ConformerEncoder(nn.Module):
         self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.n_layers))
         self.xscale = math.sqrt(cfg.d_model) if cfg.xscaling else None
 
-    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def fold_batch_norms(self) -> None:
+        for layer in self.layers:
+            assert isinstance(layer, ConformerLayer)
+            layer.conv.fold_batch_norm()
+
+    def forward(
+        self, features: Tensor, lengths: Tensor, always_mask: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """``always_mask`` skips the host-side "is anything padded?" check (CUDA graphs)."""
         x, lengths = self.pre_encode(features, lengths)
         if self.xscale is not None:
             x = x * self.xscale
         t = x.shape[1]
         pos_emb = relative_positions(t, self.cfg.d_model, x.device).to(x.dtype)
         valid: Tensor | None = time_mask(lengths, t)
-        if bool((lengths == t).all()):
+        if not always_mask and bool((lengths == t).all()):
             valid = None  # no padding: skip every mask
         for layer in self.layers:
             x = layer(x, pos_emb, valid)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from budgie.audio import SAMPLE_RATE, describe_source, load_audio
+from budgie.cuda_runner import CudaRunner
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.errors import AudioError, BudgieError
 from budgie.limits import check_single_pass
@@ -56,6 +57,7 @@ class Model:
         self.name = name
         self.file_hash = file_hash
         self.sync_phases = True
+        self.cuda_runner = CudaRunner(network) if device.type == "cuda" else None
 
     @property
     def config(self):  # type: ignore[no-untyped-def]
@@ -168,7 +170,10 @@ class Model:
             num_samples = torch.tensor(lengths, device=self.device)
             features, feature_lengths = net.preprocessor(audio, num_samples)
         with clock.phase("encode"):
-            encoded, enc_lengths = net.encoder(features.to(net.encoder_dtype), feature_lengths)
+            if self.cuda_runner is not None:
+                encoded, enc_lengths = self.cuda_runner.encode(features, feature_lengths)
+            else:
+                encoded, enc_lengths = net.encoder(features.to(net.encoder_dtype), feature_lengths)
             encoded = encoded.float()
         with clock.phase("decode"):
             hyps = self._decode(encoded, enc_lengths, confidence)
@@ -219,6 +224,8 @@ class Model:
         self, encoded: torch.Tensor, lengths: torch.Tensor, confidence: bool
     ) -> list[Hypothesis]:
         net = self.network
+        if self.cuda_runner is not None and not confidence:
+            return self.cuda_runner.decode(encoded, lengths)
         durations, max_symbols = net.cfg.decoding.durations, net.cfg.decoding.max_symbols
         if encoded.shape[0] == 1 or self.device.type == "cpu":
             # On the CPU a plain loop per utterance beats tensor bookkeeping for the batch.
