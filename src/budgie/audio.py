@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-import av
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
@@ -239,6 +238,8 @@ def _frame_to_mono(data: np.ndarray, fmt: str, planar: bool, n_samples: int) -> 
 
 def _decode_pyav(file: str | IO[bytes], name: str) -> tuple[Float32Array, int]:
     """FFmpeg through PyAV: every frame of the first audio stream, downmixed frame by frame."""
+    import av  # imported here: loading FFmpeg costs start-up time that WAV/FLAC inputs never need
+
     chunks: list[Float32Array] = []
     rate = 0
     with av.open(file, mode="r") as container:
@@ -283,6 +284,8 @@ def _decode(
         return _decode_soundfile(opener(), name, head)
     except RuntimeError as sf_error:
         sf_reason = _libsndfile_reason(sf_error)
+    import av
+
     try:
         return _decode_pyav(opener(), name)
     except AudioError:
