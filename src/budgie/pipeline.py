@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from budgie.audio import SAMPLE_RATE, describe_source, load_audio
+from budgie.cpu_decoding import CpuDecoder
 from budgie.cuda_runner import CudaRunner
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.errors import AudioError, BudgieError
@@ -58,6 +59,9 @@ class Model:
         self.file_hash = file_hash
         self.sync_phases = True
         self.cuda_runner = CudaRunner(network) if device.type == "cuda" else None
+        # The fast CPU decode loop (budgie.cpu_decoding); set by load_model on the CPU and for
+        # --decoder-device cpu. None: the decoders in budgie.decoding / the CUDA runner.
+        self.cpu_decoder: CpuDecoder | None = None
 
     @property
     def config(self):  # type: ignore[no-untyped-def]
@@ -133,7 +137,7 @@ class Model:
             try:
                 with clock.phase("load_audio"):
                     samples = load_audio(source)
-                check_single_pass(self.network.cfg, len(samples), self.device)
+                check_single_pass(self.config, len(samples), self.device)
             except BudgieError as exc:
                 results[index] = TranscriptionError(describe_source(source), str(exc))
                 done += 1
@@ -159,7 +163,6 @@ class Model:
     def _transcribe_batch(
         self, batch: list[_Loaded], timestamps: bool, confidence: bool
     ) -> list[Transcript]:
-        net = self.network
         clock = PhaseClock(self.device, sync=self.sync_phases)
         lengths = [len(item.samples) for item in batch]
         with clock.phase("preprocess"):
@@ -168,13 +171,9 @@ class Model:
                 audio[row, : len(item.samples)] = torch.from_numpy(item.samples)
             audio = audio.to(self.device, non_blocking=True)
             num_samples = torch.tensor(lengths, device=self.device)
-            features, feature_lengths = net.preprocessor(audio, num_samples)
+            features, feature_lengths = self._preprocess(audio, num_samples)
         with clock.phase("encode"):
-            if self.cuda_runner is not None:
-                encoded, enc_lengths = self.cuda_runner.encode(features, feature_lengths)
-            else:
-                encoded, enc_lengths = net.encoder(features.to(net.encoder_dtype), feature_lengths)
-            encoded = encoded.float()
+            encoded, enc_lengths = self._encode(features, feature_lengths)
         with clock.phase("decode"):
             hyps = self._decode(encoded, enc_lengths, confidence)
         frames = enc_lengths.tolist()
@@ -188,7 +187,7 @@ class Model:
                     hyp.frames,
                     hyp.durations,
                     hyp.confidences,
-                    net.cfg.frame_shift_s,
+                    self.config.frame_shift_s,
                 )
             timings = PhaseTimings(
                 load_audio_ms=item.load_ms,
@@ -220,9 +219,29 @@ class Model:
             )
         return out
 
+    def _preprocess(
+        self, audio: torch.Tensor, num_samples: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms -> log-mel features and lengths (a backend hook, like ``_encode``)."""
+        features, lengths = self.network.preprocessor(audio, num_samples)
+        return features, lengths
+
+    def _encode(
+        self, features: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features -> float32 encoder output [B, T, D] and frame counts (ONNX overrides it)."""
+        net = self.network
+        if self.cuda_runner is not None:
+            encoded, enc_lengths = self.cuda_runner.encode(features, lengths)
+        else:
+            encoded, enc_lengths = net.encoder(features.to(net.encoder_dtype), lengths)
+        return encoded.float(), enc_lengths
+
     def _decode(
         self, encoded: torch.Tensor, lengths: torch.Tensor, confidence: bool
     ) -> list[Hypothesis]:
+        if self.cpu_decoder is not None:
+            return self.cpu_decoder.decode(encoded, lengths, confidence)
         net = self.network
         if self.cuda_runner is not None and not confidence:
             return self.cuda_runner.decode(encoded, lengths)
