@@ -12,6 +12,8 @@ model: a warm-up pass over representative lengths moves that cost out of measure
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -21,6 +23,8 @@ from budgie.model import ParakeetTDT
 
 # Feature frames per length bucket: 16 encoder frames (1.28 s) at 8x subsampling.
 FEATURE_BUCKET = 128
+# Decoder machines hold this many encoder frames at a time (40 s); longer inputs get a larger one.
+DECODER_FRAMES = 512
 # Batch sizes are rounded up to these (extra rows have length 0 and are ignored).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -37,10 +41,7 @@ class _EncoderGraph:
     def __init__(self, network: ParakeetTDT, batch: int, frames: int) -> None:
         cfg = network.cfg
         device = next(network.parameters()).device
-        dtype = network.encoder_dtype
-        self.features = torch.zeros(
-            batch, cfg.preprocessor.features, frames, device=device, dtype=dtype
-        )
+        self.features = torch.zeros(batch, cfg.preprocessor.features, frames, device=device)
         self.lengths = torch.full((batch,), frames, device=device, dtype=torch.long)
         encoder = network.encoder
         stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
@@ -65,15 +66,19 @@ class _EncoderGraph:
 class CudaRunner:
     """Owns the graphs of one model on one GPU."""
 
-    def __init__(self, network: ParakeetTDT, use_graphs: bool = True) -> None:
+    def __init__(
+        self, network: ParakeetTDT, use_graphs: bool = True, compile_decoder: bool | None = None
+    ) -> None:
         self.network = network
         self.use_graphs = use_graphs
+        if compile_decoder is None:
+            compile_decoder = os.environ.get("BUDGIE_COMPILE", "1") != "0"
+        self.compile_decoder = compile_decoder
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
 
     def encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         net = self.network
-        features = features.to(net.encoder_dtype)
         if not self.use_graphs:
             encoded, enc_lengths = net.encoder(features, lengths)
             return encoded, enc_lengths
@@ -85,7 +90,8 @@ class CudaRunner:
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
         net = self.network
         enc_proj = net.joint.project_encoder(encoded.float())
-        batch, frames = bucket_batch(enc_proj.shape[0]), enc_proj.shape[1]
+        batch = bucket_batch(enc_proj.shape[0])
+        frames = -(-enc_proj.shape[1] // DECODER_FRAMES) * DECODER_FRAMES
         key = (batch, frames)
         if key not in self._decoders:
             cfg = net.cfg.decoding
@@ -98,7 +104,11 @@ class CudaRunner:
                 cfg.max_symbols,
                 enc_proj.device,
             )
-            graphed = GraphedStepDecoder(machine) if self.use_graphs else None
+            graphed = (
+                GraphedStepDecoder(machine, compile=self.compile_decoder)
+                if self.use_graphs
+                else None
+            )
             self._decoders[key] = (machine, graphed)
         machine, graphed = self._decoders[key]
         return decode_with_steps(machine, enc_proj, lengths, graphed)

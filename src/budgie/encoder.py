@@ -54,7 +54,7 @@ class ConvSubsampling(nn.Module):
 
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """features [B, F, T] -> [B, T', d_model]; padded time zeroed before each convolution."""
-        x = features.transpose(1, 2).unsqueeze(1)  # [B, 1, T, F]
+        x = features.transpose(1, 2).unsqueeze(1).to(self.out.weight.dtype)  # [B, 1, T, F]
         mask = time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
         for layer in self.conv:
             if isinstance(layer, nn.Conv2d):
@@ -66,7 +66,8 @@ class ConvSubsampling(nn.Module):
                 x = layer(x)
         x = x * mask
         b, c, t, f = x.shape
-        return self.out(x.transpose(1, 2).reshape(b, t, c * f)), lengths
+        out = self.out(x.transpose(1, 2).reshape(b, t, c * f))
+        return out.to(features.dtype), lengths
 
 
 def relative_positions(length: int, d_model: int, device: torch.device) -> Tensor:
@@ -118,10 +119,12 @@ class RelPositionMultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, pos_emb: Tensor, key_mask: Tensor | None) -> Tensor:
         """x [B, T, D]; key_mask [B, T] True on valid frames, None when nothing is padded."""
         b, t, _ = x.shape
-        q = self.linear_q(x).view(b, t, self.h, self.d_k)
-        k = self.linear_k(x).view(b, t, self.h, self.d_k).transpose(1, 2)
-        v = self.linear_v(x).view(b, t, self.h, self.d_k).transpose(1, 2)
-        p = self.linear_pos(pos_emb).view(1, -1, self.h, self.d_k).transpose(1, 2)
+        dt, act = self.linear_q.weight.dtype, x.dtype  # projections in dt, attention itself in act
+        xc = x.to(dt)
+        q = self.linear_q(xc).to(act).view(b, t, self.h, self.d_k)
+        k = self.linear_k(xc).to(act).view(b, t, self.h, self.d_k).transpose(1, 2)
+        v = self.linear_v(xc).to(act).view(b, t, self.h, self.d_k).transpose(1, 2)
+        p = self.linear_pos(pos_emb.to(dt)).to(act).view(1, -1, self.h, self.d_k).transpose(1, 2)
         q_u = (q + self.pos_bias_u).transpose(1, 2)
         q_v = (q + self.pos_bias_v).transpose(1, 2)
         scale = 1.0 / math.sqrt(self.d_k)
@@ -132,8 +135,8 @@ class RelPositionMultiHeadAttention(nn.Module):
         out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=position_scores)
         if key_mask is not None:  # padded query rows: NeMo zeroes them
             out = out.masked_fill(~key_mask[:, None, :, None], 0.0)
-        merged: Tensor = self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k))
-        return merged
+        merged = self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k).to(dt))
+        return merged.to(act)
 
 
 class ConvolutionModule(nn.Module):
@@ -163,12 +166,14 @@ class ConvolutionModule(nn.Module):
     def forward(self, x: Tensor, pad_mask: Tensor | None) -> Tensor:
         """x [B, T, D]; pad_mask [B, T] True on padded frames."""
         w1 = self.pointwise_conv1.weight.squeeze(-1)
-        x = F.glu(F.linear(x, w1, self.pointwise_conv1.bias), dim=-1)
+        act = x.dtype
+        y = F.glu(F.linear(x.to(w1.dtype), w1, self.pointwise_conv1.bias), dim=-1)
         if pad_mask is not None:
-            x = x.masked_fill(pad_mask[:, :, None], 0.0)
-        x = self.batch_norm(self.depthwise_conv(x.transpose(1, 2))).transpose(1, 2)
+            y = y.masked_fill(pad_mask[:, :, None], 0.0)
+        y = self.depthwise_conv(y.transpose(1, 2))
+        y = self.batch_norm(y.to(act)).transpose(1, 2)  # BatchNorm keeps its float32 statistics
         w2 = self.pointwise_conv2.weight.squeeze(-1)
-        return F.linear(F.silu(x), w2, self.pointwise_conv2.bias)
+        return F.linear(F.silu(y).to(w2.dtype), w2, self.pointwise_conv2.bias).to(act)
 
 
 class FeedForward(nn.Module):
@@ -178,8 +183,8 @@ class FeedForward(nn.Module):
         self.linear2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.use_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.linear2(F.silu(self.linear1(x)))
-        return out
+        out: Tensor = self.linear2(F.silu(self.linear1(x.to(self.linear1.weight.dtype))))
+        return out.to(x.dtype)
 
 
 class ConformerLayer(nn.Module):
@@ -218,6 +223,13 @@ class ConformerEncoder(nn.Module):
         self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.n_layers))
         self.xscale = math.sqrt(cfg.d_model) if cfg.xscaling else None
 
+    def set_matmul_dtype(self, dtype: torch.dtype) -> None:
+        """Mixed precision: linear and conv weights in ``dtype``; the residual stream,
+        LayerNorm, BatchNorm and the attention softmax stay float32 (as NeMo under autocast)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                module.to(dtype)
+
     def fold_batch_norms(self) -> None:
         for layer in self.layers:
             assert isinstance(layer, ConformerLayer)
@@ -227,7 +239,7 @@ class ConformerEncoder(nn.Module):
         self, features: Tensor, lengths: Tensor, always_mask: bool = False
     ) -> tuple[Tensor, Tensor]:
         """``always_mask`` skips the host-side "is anything padded?" check (CUDA graphs)."""
-        x, lengths = self.pre_encode(features, lengths)
+        x, lengths = self.pre_encode(features.float(), lengths)
         if self.xscale is not None:
             x = x * self.xscale
         t = x.shape[1]

@@ -31,33 +31,27 @@ STEPS_PER_GRAPH = 16
 
 @dataclass
 class LSTMWeights:
-    """Per layer: W = [W_ih | W_hh] as [4H, in + H] and b = b_ih + b_hh."""
+    """Per layer (w_ih, w_hh, b_ih, b_hh), in PyTorch's gate order i, f, g, o."""
 
-    weights: list[Tensor]
-    biases: list[Tensor]
+    layers: list[tuple[Tensor, Tensor, Tensor, Tensor]]
 
     @classmethod
-    def from_decoder(cls, decoder: Decoder, dtype: torch.dtype) -> LSTMWeights:
+    def from_decoder(cls, decoder: Decoder) -> LSTMWeights:
         lstm = decoder.prediction.dec_rnn.lstm
-        weights, biases = [], []
+        names = ("weight_ih_l{}", "weight_hh_l{}", "bias_ih_l{}", "bias_hh_l{}")
+        layers = []
         for layer in range(lstm.num_layers):
-            w_ih = getattr(lstm, f"weight_ih_l{layer}")
-            w_hh = getattr(lstm, f"weight_hh_l{layer}")
-            weights.append(torch.cat([w_ih, w_hh], dim=1).to(dtype).contiguous())
-            b_ih = getattr(lstm, f"bias_ih_l{layer}")
-            b_hh = getattr(lstm, f"bias_hh_l{layer}")
-            biases.append((b_ih + b_hh).to(dtype))
-        return cls(weights, biases)
+            w_ih, w_hh, b_ih, b_hh = (getattr(lstm, n.format(layer)) for n in names)
+            layers.append((w_ih, w_hh, b_ih, b_hh))
+        return cls(layers)
 
 
 def lstm_step(x: Tensor, h: Tensor, c: Tensor, w: LSTMWeights) -> tuple[Tensor, Tensor, Tensor]:
-    """One time step of the stacked LSTM; h, c are [L, B, H]. Gate order i, f, g, o (PyTorch)."""
+    """One time step of the stacked LSTM; h, c are [L, B, H]. ``torch.lstm_cell`` fuses the
+    gate arithmetic into one kernel on CUDA (two GEMMs + one kernel per layer)."""
     new_h, new_c = [], []
-    for layer, (weight, bias) in enumerate(zip(w.weights, w.biases, strict=True)):
-        gates = torch.addmm(bias, torch.cat([x, h[layer]], dim=1), weight.t())
-        i, f, g, o = gates.chunk(4, dim=1)
-        cell = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
-        x = torch.sigmoid(o) * torch.tanh(cell)
+    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(w.layers):
+        x, cell = torch.lstm_cell(x, (h[layer], c[layer]), w_ih, w_hh, b_ih, b_hh)
         new_h.append(x)
         new_c.append(cell)
     return x, torch.stack(new_h), torch.stack(new_c)
@@ -81,7 +75,7 @@ class StepDecoder:
         self.blank = pred.blank_id
         self.num_labels = joint.num_labels
         self.max_symbols = max_symbols
-        self.lstm = LSTMWeights.from_decoder(decoder, torch.float32)
+        self.lstm = LSTMWeights.from_decoder(decoder)
         self.batch, self.max_frames = batch, max_frames
         # A row can emit at most max_symbols labels per frame; the last frame may add more.
         self.capacity = max_frames * max_symbols + max_symbols
@@ -99,9 +93,9 @@ class StepDecoder:
         self.count = longs(batch)
         self.last_frame = longs(batch)
         self.on_frame = longs(batch)
-        self.out_labels = longs(batch, self.capacity)
-        self.out_frames = longs(batch, self.capacity)
-        self.out_durations = longs(batch, self.capacity)
+        # Per emitted label: (label, frame, duration). Every step writes its candidate at slot
+        # ``count``; only an emission advances ``count``, so non-emissions get overwritten.
+        self.out = longs(batch, self.capacity, 3)
         shape = (pred.layers, batch, pred.hidden)
         self.h = torch.zeros(shape, device=device)
         self.c = torch.zeros(shape, device=device)
@@ -119,17 +113,17 @@ class StepDecoder:
         for buffer in (self.time, self.steps, self.count, self.on_frame, self.h, self.c):
             buffer.zero_()
         self.last_frame.fill_(-1)
-        out = self._predict(self.blank_labels)
-        self.pred_proj.copy_(out)
-
-    def _predict(self, labels: Tensor) -> Tensor:
-        """Prediction network + joint projection for labels; updates h, c in place."""
-        x = self.decoder.prediction.embed(labels)
-        out, h, c = lstm_step(x, self.h, self.c, self.lstm)
+        projected, h, c = self._predict(self.blank_labels)
+        self.pred_proj.copy_(projected)
         self.h.copy_(h)
         self.c.copy_(c)
+
+    def _predict(self, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Prediction network + joint projection for labels (new h, c returned, not stored)."""
+        x = self.decoder.prediction.embed(labels)
+        out, h, c = lstm_step(x, self.h, self.c, self.lstm)
         projected: Tensor = self.joint.project_prediction(out)
-        return projected
+        return projected, h, c
 
     def step(self) -> None:
         """One joint evaluation per row, with every consequence applied in place."""
@@ -144,12 +138,7 @@ class StepDecoder:
         self.steps.add_(active.long())
 
         slot = self.count.clamp(max=self.capacity - 1)
-        for buffer, value in (
-            (self.out_labels, label),
-            (self.out_frames, self.time),
-            (self.out_durations, duration),
-        ):
-            buffer[self.rows, slot] = torch.where(emit, value, buffer[self.rows, slot])
+        self.out[self.rows, slot] = torch.stack((label, self.time, duration), dim=1)
         self.count.add_(emit.long())
         same_frame = self.last_frame == self.time
         self.on_frame.copy_(
@@ -157,12 +146,11 @@ class StepDecoder:
         )
         self.last_frame.copy_(torch.where(emit, self.time, self.last_frame))
 
-        old_h, old_c = self.h.clone(), self.c.clone()
-        projected = self._predict(torch.where(emit, label, self.blank_labels))
+        projected, h, c = self._predict(torch.where(emit, label, self.blank_labels))
         keep = emit[:, None]
         self.pred_proj.copy_(torch.where(keep, projected, self.pred_proj))
-        self.h.copy_(torch.where(keep[None], self.h, old_h))
-        self.c.copy_(torch.where(keep[None], self.c, old_c))
+        self.h.copy_(torch.where(keep[None], h, self.h))
+        self.c.copy_(torch.where(keep[None], c, self.c))
 
         new_time = self.time + duration * active
         capped = (
@@ -179,14 +167,12 @@ class StepDecoder:
     def hypotheses(self, batch: int) -> list[Hypothesis]:
         counts = self.count[:batch].tolist()
         steps = self.steps[:batch].tolist()
-        labels = self.out_labels[:batch].cpu()
-        frames = self.out_frames[:batch].cpu()
-        durations = self.out_durations[:batch].cpu()
+        out = self.out[:batch].cpu()
         return [
             Hypothesis(
-                token_ids=labels[b, :n].tolist(),
-                frames=frames[b, :n].tolist(),
-                durations=durations[b, :n].tolist(),
+                token_ids=out[b, :n, 0].tolist(),
+                frames=out[b, :n, 1].tolist(),
+                durations=out[b, :n, 2].tolist(),
                 steps=int(steps[b]),
             )
             for b, n in enumerate(counts)
@@ -194,20 +180,27 @@ class StepDecoder:
 
 
 class GraphedStepDecoder:
-    """Replays STEPS_PER_GRAPH steps of a StepDecoder from one CUDA graph."""
+    """Replays STEPS_PER_GRAPH steps of a StepDecoder from one CUDA graph.
 
-    def __init__(self, machine: StepDecoder) -> None:
+    With ``compile``, the step is first fused by torch.compile (Inductor): the ~50 small
+    kernels of a step become a handful, which is what bounds a step's time at small batch.
+    """
+
+    def __init__(self, machine: StepDecoder, compile: bool = False) -> None:
         self.machine = machine
+        step = machine.step
+        if compile:
+            step = torch.compile(machine.step, fullgraph=True, dynamic=False)
         self.graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.inference_mode():
             for _ in range(2):  # warm up kernels and allocator outside the graph
-                machine.step()
+                step()
         torch.cuda.current_stream().wait_stream(stream)
         with torch.cuda.graph(self.graph), torch.inference_mode():
             for _ in range(STEPS_PER_GRAPH):
-                machine.step()
+                step()
 
     def run(self) -> None:
         while self.machine.any_active():

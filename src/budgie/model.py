@@ -34,11 +34,12 @@ class ParakeetTDT(nn.Module):
     def encode(self, audio: Tensor, num_samples: Tensor) -> tuple[Tensor, Tensor]:
         """Waveforms [B, N] -> encoder output [B, T, D] and valid frame counts [B]."""
         features, lengths = self.preprocessor(audio, num_samples)
-        encoded, enc_lengths = self.encoder(features.to(self.encoder_dtype), lengths)
+        encoded, enc_lengths = self.encoder(features, lengths)
         return encoded, enc_lengths
 
     @property
     def encoder_dtype(self) -> torch.dtype:
+        """Precision of the encoder's matrix products (its activations stay float32)."""
         return self.encoder.pre_encode.out.weight.dtype
 
     @classmethod
