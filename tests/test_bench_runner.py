@@ -276,7 +276,7 @@ BAD_INPUT = {
     "output is a dir": ["-o", "{tmp}/empty"],
     "output dir missing": ["-o", "{tmp}/no/run.json"],
     "csv dir missing": ["-o", "{tmp}/run.json", "--csv", "{tmp}/no/run.csv"],
-    "unknown backend": ["--backend", "onnx", "-o", "{tmp}/run.json"],
+    "unknown backend": ["--backend", "tensorrt", "-o", "{tmp}/run.json"],
     "zero repeats": ["--repeats", "0", "-o", "{tmp}/run.json"],
     "zero samples": ["--samples", "0", "-o", "{tmp}/run.json"],
     "negative warmups": ["--warmups", "-1", "-o", "{tmp}/run.json"],
@@ -307,7 +307,7 @@ def test_bad_input_exits_2(case: str, tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(
     ("case", "needle"),
     [
-        ("unknown backend", "unknown backend 'onnx' (available: torch)"),
+        ("unknown backend", "unknown backend 'tensorrt' (available: onnx, torch)"),
         ("empty dir", "no audio files"),
         ("missing dir", "audio directory not found"),
         ("bad manifest", "bad.jsonl:1: not valid JSON"),

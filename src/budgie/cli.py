@@ -15,6 +15,7 @@ from budgie.errors import BudgieError
 COMMAND_MODULES = (
     "budgie.commands.transcribe",
     "budgie.commands.synth",
+    "budgie.commands.export",
     "budgie.bench.commands",
     "budgie.bench.run_command",
 )

@@ -69,11 +69,22 @@ RUN_HARDWARE = {  # run key -> hardwareSummary key, as parakeet.js repeats them 
 def _load_torch(model: str, device: str, dtype: str | None) -> Model:
     from budgie.api import load_model
 
-    return load_model(model, device=device, dtype=dtype)
+    return load_model(model, device=device, dtype=dtype, backend="torch")
 
 
-BACKENDS: dict[str, Callable[[str, str, str | None], Model]] = {"torch": _load_torch}
-"""Backend name -> loader(model, device, dtype). The ONNX backend registers here later."""
+def _load_onnx(model: str, device: str, dtype: str | None) -> Model:
+    from budgie.api import load_model
+
+    return load_model(
+        model, device="cpu" if device == "auto" else device, dtype=dtype, backend="onnx"
+    )
+
+
+BACKENDS: dict[str, Callable[[str, str, str | None], Model]] = {
+    "torch": _load_torch,
+    "onnx": _load_onnx,
+}
+"""Backend name -> loader(model, device, dtype)."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
     parser.add_argument("--output-dir", type=Path, help="write one file per input here")
     parser.add_argument("--confidence", action="store_true", help="per-token confidence")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="torch (.nemo), onnx (ONNX directory, ONNX Runtime on the CPU); auto: by --model",
+    )
+    parser.add_argument(
+        "--decoder-device",
+        default=None,
+        choices=["cpu", "cuda"],
+        help="run the TDT decoder here (default: with the encoder; cpu behind a GPU encoder "
+        "is the seed's hybrid layout)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -35,10 +48,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="nvidia/parakeet-tdt-0.6b-v2",
-        help=".nemo file or Hugging Face id (default: %(default)s)",
+        help=".nemo file, ONNX directory or Hugging Face id (default: %(default)s)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--dtype", default=None, choices=["fp32", "bf16", "fp16", "int8"], help="encoder precision"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
             raise BudgieError(
                 f"cannot create output directory {args.output_dir}: {exc.strerror}"
             ) from None
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        decoder_device=args.decoder_device,
+    )
     show = args.format != "json" and len(args.files) > 1
     with progress_bar(len(args.files), "transcribing", enabled=show) as advance:
         results = model.transcribe(
