@@ -108,7 +108,7 @@ def load_model(
     network = ParakeetTDT.from_state_dict(checkpoint.config, checkpoint.state_dict)
     if target.type == "cuda":  # exact on CPU; on the GPU one kernel less per layer
         network.encoder.fold_batch_norms()
-    network.encoder.set_matmul_dtype(encoder_dtype)  # before the move: no fp32 copies on the GPU
+    network.encoder.set_matmul_dtype(encoder_dtype, target)
     network.to(target)
     tokenizer = Tokenizer(checkpoint.tokenizer_path)
     if tokenizer.vocab_size != checkpoint.config.vocab_size:

@@ -6,8 +6,11 @@ replays them with one launch. Lengths are rounded up to a bucket (padding is mas
 do not depend on the bucket) to keep the number of graphs small. Decoding replays a graph of
 ``STEPS_PER_GRAPH`` decoder steps (gpu_decoding.py) until every row is done.
 
-Graphs are captured lazily, the first time a shape bucket is seen, and kept for the life of the
-model: a warm-up pass over representative lengths moves that cost out of measured runs.
+Graphs are captured lazily, the second time a shape bucket is seen (the first call runs eagerly,
+so a one-off transcript never pays for a capture), and kept for the life of the model. With
+``BUDGIE_COMPILE`` unset or 1 the decoder step is fused by torch.compile before capture: about
+10-20 s once per shape and machine (Inductor caches its kernels on disk); BUDGIE_COMPILE=0 skips
+it. A warm-up pass over representative lengths moves these costs out of measured runs.
 """
 
 from __future__ import annotations
@@ -76,16 +79,24 @@ class CudaRunner:
         self.compile_decoder = compile_decoder
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
+        self._uses: dict[tuple[str, int, int], int] = {}
+
+    def _graph_now(self, kind: str, key: tuple[int, int]) -> bool:
+        """True from the second use of a shape on: one-off shapes stay eager."""
+        counter = (kind, key[0], key[1])
+        uses = self._uses[counter] = self._uses.get(counter, 0) + 1
+        return self.use_graphs and uses >= 2
 
     def encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         net = self.network
-        if not self.use_graphs:
+        key = (bucket_batch(features.shape[0]), bucket_frames(features.shape[2]))
+        graph = self._encoders.get(key)
+        if graph is None and self._graph_now("encoder", key):
+            graph = self._encoders[key] = _EncoderGraph(net, *key)
+        if graph is None:
             encoded, enc_lengths = net.encoder(features, lengths)
             return encoded, enc_lengths
-        key = (bucket_batch(features.shape[0]), bucket_frames(features.shape[2]))
-        if key not in self._encoders:
-            self._encoders[key] = _EncoderGraph(net, *key)
-        return self._encoders[key].run(features, lengths)
+        return graph.run(features, lengths)
 
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
         net = self.network
@@ -93,7 +104,9 @@ class CudaRunner:
         batch = bucket_batch(enc_proj.shape[0])
         frames = -(-enc_proj.shape[1] // DECODER_FRAMES) * DECODER_FRAMES
         key = (batch, frames)
-        if key not in self._decoders:
+        machine, graphed = self._decoders.get(key, (None, None))
+        wants_graph = self._graph_now("decoder", key)
+        if machine is None or (graphed is None and wants_graph):
             cfg = net.cfg.decoding
             machine = StepDecoder(
                 net.decoder,
@@ -104,11 +117,6 @@ class CudaRunner:
                 cfg.max_symbols,
                 enc_proj.device,
             )
-            graphed = (
-                GraphedStepDecoder(machine, compile=self.compile_decoder)
-                if self.use_graphs
-                else None
-            )
+            graphed = GraphedStepDecoder(machine, self.compile_decoder) if wants_graph else None
             self._decoders[key] = (machine, graphed)
-        machine, graphed = self._decoders[key]
         return decode_with_steps(machine, enc_proj, lengths, graphed)

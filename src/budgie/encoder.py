@@ -135,7 +135,9 @@ class RelPositionMultiHeadAttention(nn.Module):
         out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=position_scores)
         if key_mask is not None:  # padded query rows: NeMo zeroes them
             out = out.masked_fill(~key_mask[:, None, :, None], 0.0)
-        merged = self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k).to(dt))
+        merged: Tensor = self.linear_out(
+            out.transpose(1, 2).reshape(b, t, self.h * self.d_k).to(dt)
+        )
         return merged.to(act)
 
 
@@ -223,11 +225,17 @@ class ConformerEncoder(nn.Module):
         self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.n_layers))
         self.xscale = math.sqrt(cfg.d_model) if cfg.xscaling else None
 
-    def set_matmul_dtype(self, dtype: torch.dtype) -> None:
+    def set_matmul_dtype(self, dtype: torch.dtype, device: torch.device | None = None) -> None:
         """Mixed precision: linear and conv weights in ``dtype``; the residual stream,
-        LayerNorm, BatchNorm and the attention softmax stay float32 (as NeMo under autocast)."""
+        LayerNorm, BatchNorm and the attention softmax stay float32 (as NeMo under autocast).
+
+        With ``device``, each module is moved first and cast there, one at a time: the cast
+        runs on the GPU and no full float32 copy of the encoder is ever resident there.
+        """
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                if device is not None:
+                    module.to(device)
                 module.to(dtype)
 
     def fold_batch_norms(self) -> None:

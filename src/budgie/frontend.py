@@ -51,7 +51,9 @@ class MelFeaturizer(nn.Module):
     def __init__(self, cfg: PreprocessorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("window", torch.hann_window(cfg.win_length, periodic=False))
+        # Placeholders: the checkpoint provides both (an arange here would pull in torch._dynamo
+        # on the meta device, a 1.5 s import).
+        self.register_buffer("window", torch.zeros(cfg.win_length))
         self.register_buffer("fb", torch.zeros(1, cfg.features, cfg.n_fft // 2 + 1))
 
     def forward(self, audio: Tensor, num_samples: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast, overload
 
@@ -29,6 +30,9 @@ from budgie.text import Tokenizer, build_text_and_timestamps
 from budgie.timing import PhaseClock
 
 AudioInput = str | os.PathLike[str] | bytes | np.ndarray
+# Audio decoding threads, and how many inputs are decoded ahead (bounds memory on long lists).
+LOAD_THREADS = min(8, os.cpu_count() or 1)
+MIN_WINDOW = 64
 Result = Transcript | TranscriptionError
 ProgressCallback = Callable[[int], None]
 
@@ -131,33 +135,50 @@ class Model:
     ) -> list[Result]:
         results: list[Result | None] = [None] * len(inputs)
         done = 0
-        loaded: list[_Loaded] = []
-        for index, source in enumerate(inputs):
-            clock = PhaseClock(self.device, sync=False)
-            try:
-                with clock.phase("load_audio"):
-                    samples = load_audio(source)
-                check_single_pass(self.config, len(samples), self.device)
-            except BudgieError as exc:
-                results[index] = TranscriptionError(describe_source(source), str(exc))
-                done += 1
-                if progress:
-                    progress(done)
-                continue
-            loaded.append(_Loaded(index, describe_source(source), samples, clock.ms["load_audio"]))
+        window = max(MIN_WINDOW, batch_size * 4)
+        starts = range(0, len(inputs), window)
+        workers = min(LOAD_THREADS, max(1, len(inputs)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="budgie-load") as pool:
 
-        if batch_size > 1:
-            loaded.sort(key=lambda item: len(item.samples))
-        for start in range(0, len(loaded), batch_size):
-            batch = loaded[start : start + batch_size]
-            for item, result in zip(
-                batch, self._transcribe_batch(batch, timestamps, confidence), strict=True
-            ):
-                results[item.index] = result
-            done += len(batch)
-            if progress:
-                progress(done)
+            def submit(first: int) -> list[Future[_Loaded | TranscriptionError]]:
+                chunk = range(first, min(first + window, len(inputs)))
+                return [pool.submit(self._load_one, i, inputs[i]) for i in chunk]
+
+            pending = submit(0) if inputs else []
+            for number, _first in enumerate(starts):
+                current = [f.result() for f in pending]
+                if number + 1 < len(starts):  # decode the next window while this one computes
+                    pending = submit(starts[number + 1])
+                loaded: list[_Loaded] = []
+                for index, item in zip(range(_first, _first + len(current)), current, strict=True):
+                    if isinstance(item, TranscriptionError):
+                        results[index] = item
+                        done += 1
+                    else:
+                        loaded.append(item)
+                if batch_size > 1:
+                    loaded.sort(key=lambda item: len(item.samples))
+                for start in range(0, len(loaded), batch_size):
+                    batch = loaded[start : start + batch_size]
+                    for item, result in zip(
+                        batch, self._transcribe_batch(batch, timestamps, confidence), strict=True
+                    ):
+                        results[item.index] = result
+                    done += len(batch)
+                    if progress:
+                        progress(done)
         return [r for r in results if r is not None]
+
+    def _load_one(self, index: int, source: AudioInput) -> _Loaded | TranscriptionError:
+        """Decode one input (runs in a loader thread; soundfile and soxr release the GIL)."""
+        clock = PhaseClock(self.device, sync=False)
+        try:
+            with clock.phase("load_audio"):
+                samples = load_audio(source)
+            check_single_pass(self.config, len(samples), self.device)
+        except BudgieError as exc:
+            return TranscriptionError(describe_source(source), str(exc))
+        return _Loaded(index, describe_source(source), samples, clock.ms["load_audio"])
 
     @torch.inference_mode()
     def _transcribe_batch(
@@ -234,7 +255,7 @@ class Model:
         if self.cuda_runner is not None:
             encoded, enc_lengths = self.cuda_runner.encode(features, lengths)
         else:
-            encoded, enc_lengths = net.encoder(features.to(net.encoder_dtype), lengths)
+            encoded, enc_lengths = net.encoder(features, lengths)
         return encoded.float(), enc_lengths
 
     def _decode(
