@@ -9,11 +9,14 @@ durations that run past the end, empty and one-frame inputs, odd duration sets.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from budgie.api import load_model
+from budgie.cli import main
 from budgie.config import DecodingConfig, JointConfig, ModelConfig, PredictionConfig
 from budgie.cpu_decoding import (
     NumpyJoint,
@@ -25,9 +28,12 @@ from budgie.cpu_decoding import (
     label_probability,
 )
 from budgie.decoding import greedy_decode_single
+from budgie.errors import BudgieError
 from budgie.transducer import Decoder, Joint
+from conftest import SynthModels
 
 VOCAB, D_MODEL, HIDDEN = 40, 24, 16
+DATA = Path(__file__).resolve().parents[1] / "src" / "budgie" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -187,3 +193,54 @@ def test_decode_threads_restores_the_setting() -> None:
     with decode_threads(before + 1):
         assert torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before
+
+
+# ---- where decoding runs: load_model(decoder_device=...) ------------------------------------
+
+
+def test_cpu_models_use_the_fast_loop(synth_models: SynthModels) -> None:
+    path = synth_models.checkpoint("tiny").path
+    for decoder_device in (None, "cpu", "auto"):
+        model = load_model(path, device="cpu", decoder_device=decoder_device)
+        assert isinstance(model.cpu_decoder, TorchCpuDecoder)
+        assert model.cpu_decoder.decoder is model.network.decoder  # on the CPU: no copy
+
+
+def test_hybrid_plumbing_gives_the_reference_transcript(synth_models: SynthModels) -> None:
+    """Encoder and decoder both on the CPU here; on a GPU host the encoder moves, nothing else."""
+    path = synth_models.checkpoint("tiny").path
+    hybrid = load_model(path, device="cpu", decoder_device="cpu")
+    reference = synth_models.model("tiny")
+    wav = str(DATA / "nano_parakeet_sample.wav")
+    want = reference.transcribe(wav)
+    got = hybrid.transcribe(wav)
+    assert [t.id for t in got.tokens] == [t.id for t in want.tokens]
+    assert got.decoder_steps == want.decoder_steps
+
+
+def test_decoder_modules_elsewhere_are_copied_to_the_cpu() -> None:
+    decoder, joint, _ = make_modules(8)
+    fast = TorchCpuDecoder(decoder.to(torch.float64), joint.to(torch.float64), (0, 1, 2, 3, 4), 10)
+    assert next(fast.decoder.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("decoder_device", "needle"),
+    [
+        ("cuda", "decoder device 'cuda' with the encoder on cpu|CUDA is not available"),
+        ("tpu", "unknown device"),
+    ],
+)
+def test_bad_decoder_device(decoder_device: str, needle: str, synth_models: SynthModels) -> None:
+    with pytest.raises(BudgieError, match=needle):
+        load_model(
+            synth_models.checkpoint("tiny").path, device="cpu", decoder_device=decoder_device
+        )
+
+
+def test_cli_decoder_device(synth_models: SynthModels, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(synth_models.checkpoint("tiny").path)
+    wav = str(DATA / "life_Jim.wav")
+    args = ["transcribe", "--model", path, "--device", "cpu", "--decoder-device", "cpu", wav]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == synth_models.model("tiny").transcribe(wav).text

@@ -176,6 +176,7 @@ def frontend(features: int) -> Preprocessor:
     pre = Preprocessor(cfg)
     bank = mel_filterbank(cfg.sample_rate, cfg.n_fft, features)
     pre.featurizer.fb = torch.from_numpy(bank)[None]
+    pre.featurizer.window = torch.hann_window(cfg.win_length, periodic=False)  # NeMo's default
     return pre.eval()
 
 
