@@ -37,6 +37,17 @@ Result = Transcript | TranscriptionError
 ProgressCallback = Callable[[int], None]
 
 
+def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """[B, max N] float32, zero padded. numpy, not torch: a small torch CPU op wakes the
+    intra-op thread pool, which costs milliseconds on many-core hosts."""
+    if len(arrays) == 1 and len(arrays[0]) > 0:
+        return np.ascontiguousarray(arrays[0], dtype=np.float32)[None]
+    out = np.zeros((len(arrays), max(1, *(len(a) for a in arrays))), dtype=np.float32)
+    for row, samples in enumerate(arrays):
+        out[row, : len(samples)] = samples
+    return out
+
+
 @dataclass
 class _Loaded:
     index: int
@@ -187,9 +198,7 @@ class Model:
         clock = PhaseClock(self.device, sync=self.sync_phases)
         lengths = [len(item.samples) for item in batch]
         with clock.phase("preprocess"):
-            audio = torch.zeros(len(batch), max(max(lengths), 1), dtype=torch.float32)
-            for row, item in enumerate(batch):
-                audio[row, : len(item.samples)] = torch.from_numpy(item.samples)
+            audio = torch.from_numpy(_stack_padded([item.samples for item in batch]))
             audio = audio.to(self.device, non_blocking=True)
             num_samples = torch.tensor(lengths, device=self.device)
             features, feature_lengths = self._preprocess(audio, num_samples)
