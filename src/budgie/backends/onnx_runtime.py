@@ -303,7 +303,10 @@ class OnnxModel(Model):
         return torch.qint8 if self.quantization == "int8" else torch.float32
 
     def _preprocess(self, audio: Tensor, num_samples: Tensor) -> tuple[Tensor, Tensor]:
-        features, lengths = self.preprocessor(audio, num_samples)
+        # One thread: these element-wise ops are too small to split (2 threads measured 1.2-5x
+        # slower on a 2-core machine, worst when other processes compete for the cores).
+        with decode_threads(1):
+            features, lengths = self.preprocessor(audio, num_samples)
         return features, lengths
 
     def _encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
