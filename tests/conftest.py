@@ -19,11 +19,7 @@ import pytest
 from budgie.api import load_model
 from budgie.pipeline import Model
 from budgie.synth import synthesize, write_nemo
-
-try:  # the helper module sits next to this file; pytest puts tests/ on sys.path
-    from parity_goldens import state_dict_sha256
-except ImportError:  # pragma: no cover - imported as a package
-    from .parity_goldens import state_dict_sha256
+from parity_goldens import state_dict_sha256  # next to this file (tests/ is on sys.path)
 
 
 @dataclass(frozen=True)
