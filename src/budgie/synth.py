@@ -112,7 +112,12 @@ PRESETS: dict[str, SynthSpec] = {
             n_heads=8,
             bias_std=0.02,
             norm_std=0.1,
-            blank_bias=2.5625,
+            enc_layer_scale=0.3,
+            blank_bias=0.87,
+            weight_scales=(("prediction.embed", 4.0), ("dec_rnn", 2.5)),
+            blank_weight_scale=2.0,
+            duration_weight_scale=2.0,
+            duration_bias=(-0.48, 0.53, 0.06, -0.29, -0.26),
         ),
         # Every optional path on: layer biases, xscaling; and sizes unlike the real model's
         # (80 mels, FF x2, kernel 7, one LSTM layer) so nothing can hide behind a constant.
