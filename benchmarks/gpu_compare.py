@@ -86,7 +86,9 @@ def first_transcript(ckpt: Path, clip: Path) -> dict[str, Any]:
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-2000:])
         lines = out.stdout.strip().splitlines()
-        parts = dict(zip(("import_s", "load_s", "transcribe_s"), map(float, lines[-2].split())))
+        parts = dict(
+            zip(("import_s", "load_s", "transcribe_s"), map(float, lines[-2].split()), strict=False)
+        )
         runs.append({"wall_s": wall, "in_process_s": float(lines[-1]), **parts})
     return {"cold_cache": runs[0], "warm_cache": runs[1]}
 
@@ -212,7 +214,9 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict[str, Any]:
         sm = difflib.SequenceMatcher(a=x, b=y, autojunk=False)
         matched += sum(m.size for m in sm.get_matching_blocks())
         total += max(len(x), len(y))
-        first_diff.append(next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), None))
+        first_diff.append(
+            next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), None)
+        )
     return {
         "identical_clips": same,
         "clips": len(a),

@@ -56,7 +56,7 @@ def main() -> None:
 
     print("To use the real model (needs network once, then cached):")
     print("  budgie transcribe --model nvidia/parakeet-tdt-0.6b-v2 audio.wav")
-    print("or with a downloaded checkpoint: budgie transcribe --model /path/to/model.nemo audio.wav")
+    print("or a downloaded checkpoint: budgie transcribe --model /path/to/model.nemo audio.wav")
 
 
 if __name__ == "__main__":
