@@ -146,8 +146,18 @@ PRESETS: dict[str, SynthSpec] = {
             duration_weight_scale=2.0,
             duration_bias=(-0.8, 0.39, 0.29, 0.83, 0.53),
         ),
-        # Exactly parakeet-tdt-0.6b-v2's shapes (617.8M parameters); the recipe's calibration.
-        SynthSpec(name="parakeet-tdt-0.6b-v2", n_layers=24, d_model=1024, n_heads=8),
+        # Exactly parakeet-tdt-0.6b-v2's shapes (617.8M parameters), no bias or norm noise.
+        SynthSpec(
+            name="parakeet-tdt-0.6b-v2",
+            n_layers=24,
+            d_model=1024,
+            n_heads=8,
+            enc_layer_scale=0.3,
+            blank_bias=1.89,
+            weight_scales=(("dec_rnn", 2.5), ("joint.pred.", 4.0)),
+            duration_weight_scale=2.0,
+            duration_bias=(1.05, 0.45, 0.16, 0.78, -0.89),
+        ),
     )
 }
 
