@@ -196,6 +196,7 @@ def test_artifact_names_depend_on_seed_and_tokenizer() -> None:
     [
         ({"preset": "huge"}, BudgieError, "unknown synth preset 'huge'"),
         ({"preset": "tiny", "seed": -1}, BudgieError, "seed must be"),
+        ({"preset": "tiny", "seed": 2**63}, BudgieError, "seed must be"),
         ({"preset": "tiny", "tokenizer": "missing.model"}, ModelError, "tokenizer not found"),
         ({"preset": "tiny", "tokenizer": "NOT_SPM"}, ModelError, "not a SentencePiece model"),
     ],

@@ -38,7 +38,12 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config, state, tokenizer = synthesize(args.preset, args.seed, args.tokenizer)
     path = write_nemo(args.output, config, state, tokenizer)
-    params = sum(t.numel() for k, t in state.items() if not k.startswith("preprocessor."))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    params = sum(
+        t.numel()
+        for k, t in state.items()
+        if not k.startswith("preprocessor.") and not k.endswith(buffers)
+    )
     size_mb = path.stat().st_size / 1e6
     print(
         f"wrote {path}: preset {args.preset}, seed {args.seed}, {params / 1e6:.2f}M parameters, "
