@@ -385,3 +385,15 @@ def test_gzip_magic_only_file_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(b"not a tar at all" * 100))
     with pytest.raises(ModelError, match=r"not a \.nemo archive"):
         load_checkpoint(path)
+
+
+def test_entries_of_deleted_files_are_swept(tmp_path: Path, cache: Path) -> None:
+    gone = synth_nemo(tmp_path / "gone.nemo", "tiny")
+    kept = synth_nemo(tmp_path / "kept.nemo", "tiny", seed=1)
+    gone_entry = load_checkpoint(gone).cache_dir
+    kept_entry = load_checkpoint(kept).cache_dir
+    gone.unlink()
+    fresh = load_checkpoint(synth_nemo(tmp_path / "new.nemo", "tiny", seed=2)).cache_dir
+    assert not gone_entry.exists()
+    assert kept_entry.exists() and fresh.exists()
+    assert load_checkpoint(kept).from_cache

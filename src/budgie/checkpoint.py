@@ -11,11 +11,12 @@ from there (``torch.load(mmap=True)``: no copy, pages come in as the model touch
 Cache: ``$BUDGIE_CACHE`` or ``~/.cache/budgie``, one directory per file version named
 ``<sha256(real path)[:16]>-<sha256(real path, size, mtime_ns)[:16]>``. Replacing or touching the
 ``.nemo`` changes its size or mtime, so the next load builds a new entry (and removes the stale
-entries of the same path). An entry holds the extracted weights, config (YAML and parsed JSON),
-tokenizer artifacts and ``meta.json`` (source, size, mtime, the file's sha256, file sizes). It
-is built in a temporary directory and renamed into place only once complete and validated, so an
-interrupted extraction leaves no entry; an entry that fails its checks (missing or resized file,
-unreadable JSON, weights torch cannot load) is deleted and rebuilt from the ``.nemo``.
+entries of the same path, and entries whose ``.nemo`` no longer exists). An entry holds the
+extracted weights, config (YAML and parsed JSON), tokenizer artifacts and ``meta.json`` (source,
+size, mtime, the file's sha256, file sizes). It is built in a temporary directory and renamed
+into place only once complete and validated, so an interrupted extraction leaves no entry; an
+entry that fails its checks (missing or resized file, unreadable JSON, weights torch cannot load)
+is deleted and rebuilt from the ``.nemo``.
 """
 
 from __future__ import annotations
@@ -249,6 +250,7 @@ def _build_entry(path: Path, entry: Path) -> dict[str, Any]:
     try:
         root.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(root)
+        _remove_orphans(root)
         temp = root / f".tmp-{entry.name}-{os.getpid()}-{time.monotonic_ns()}"
         (temp / ARTIFACTS).mkdir(parents=True)
     except OSError as exc:
@@ -352,6 +354,19 @@ def _remove_other_versions(entry: Path) -> None:
     for sibling in entry.parent.glob(prefix + "*"):
         if sibling != entry and sibling.is_dir():
             shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _remove_orphans(root: Path) -> None:
+    """Entries whose ``.nemo`` is gone (deleted downloads, test files): they can never hit again."""
+    for entry in root.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            source = json.loads((entry / META).read_text(encoding="utf-8"))["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written, or not ours: leave it
+        if isinstance(source, str) and not os.path.exists(source):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _remove_stale_temps(root: Path) -> None:
