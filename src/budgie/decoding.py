@@ -69,15 +69,8 @@ def greedy_decode_single(
     t = 0
     last_frame, on_frame = -1, 0
     while t < num_frames:
-        label_frame = t
-        logits = joint.logits(enc_proj[t], pred_proj)
-        hyp.steps += 1
-        label_t, dur_t = _best(logits, num_labels)
-        label, duration = int(label_t), durations[int(dur_t)]
-        if label == blank and duration == 0:
-            duration = 1
-        t += duration
-        while label == blank and t < num_frames:
+        label = blank
+        while label == blank and t < num_frames:  # skip blanks with the same prediction output
             label_frame = t
             logits = joint.logits(enc_proj[t], pred_proj)
             hyp.steps += 1
