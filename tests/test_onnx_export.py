@@ -264,3 +264,11 @@ def test_cli_rejects_unknown_quantization(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main(["export", "--model", "x.nemo", "--quantize", "int4", "-o", str(tmp_path)])
     assert info.value.code == 2
+
+
+def test_int8_keeps_the_sensitive_matmuls_float(tiny_dir: Path) -> None:
+    for stem, kept in (("encoder-model", "/pre_encode/"), ("decoder_joint-model", "/joint_net/")):
+        nodes = onnx.load(str(tiny_dir / f"{stem}.int8.onnx")).graph.node
+        assert any(n.op_type == "MatMulInteger" for n in nodes)
+        assert any(n.op_type == "MatMul" and n.name.startswith(kept) for n in nodes)
+        assert not any(n.op_type == "MatMulInteger" and n.name.startswith(kept) for n in nodes)

@@ -1,0 +1,390 @@
+"""CPU comparison: Budgie (torch, ONNX fp32, ONNX int8) vs NeMo 3.0.0 transcribe() vs onnx-asr.
+
+Every system transcribes the same WAV clips (budgie.bench.audioset.default_clips, batch 1, file
+paths in, text out) in its own subprocess, so each peak RSS is its own; one untimed warm-up clip
+first. NeMo runs from its own virtualenv (``--nemo-python``) on the same .nemo; onnx-asr and
+Budgie's ONNX backend run the same exported directory. Systems run in rounds (the order
+reversed every other round) and the median round counts, because other processes on a shared
+2-core machine slow whichever system happens to run beside them; load averages are recorded.
+
+    python benchmarks/cpu_compare.py --nemo full.nemo --onnx-dir full-onnx --clips 10 \
+        -o benchmarks/results/cpu_compare.json
+    python benchmarks/cpu_compare.py --micro --nemo full.nemo --onnx-dir full-onnx -o micro.json
+
+``--micro`` times the decoder's pieces instead: the joint step (torch vs numpy, 1 vs 2 threads),
+the prediction step (lstm_cell vs nn.LSTM vs ONNX Runtime), the frontend (1 vs 2 threads), and
+one batch of utterances decoded by the per-utterance fast loop vs the batched tensor decoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGIE_SYSTEMS = ("budgie-torch-fp32", "budgie-onnx-fp32", "budgie-onnx-int8")
+SYSTEMS = (*BUDGIE_SYSTEMS, "onnx-asr-fp32", "nemo-fp32")
+
+NEMO_WORKER = r"""
+import json, logging, resource, sys, time, warnings
+warnings.filterwarnings("ignore"); logging.disable(logging.WARNING)
+import torch
+from nemo.collections.asr.models import ASRModel
+from nemo.utils import logging as nemo_logging
+nemo_logging.setLevel(logging.ERROR)
+nemo, clips = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+model = ASRModel.restore_from(nemo, map_location="cpu").eval()
+load_s = time.perf_counter() - t0
+model.transcribe([clips[0]], batch_size=1, verbose=False)
+runs = []
+for clip in clips:
+    t0 = time.perf_counter()
+    (hyp,) = model.transcribe([clip], batch_size=1, verbose=False)
+    runs.append({"clip": clip, "wall_s": time.perf_counter() - t0, "text": hyp.text,
+                 "ids": [int(i) for i in hyp.y_sequence]})
+print(json.dumps({"load_s": load_s, "runs": runs, "threads": torch.get_num_threads(),
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nemo", type=Path, required=True, help="full-size synthetic .nemo")
+    parser.add_argument("--onnx-dir", type=Path, required=True, help="its budgie export")
+    parser.add_argument("--clips", type=int, default=10, help="default bench clips (first N)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds over all systems")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--nemo-python", default="/work/nemo-venv/bin/python")
+    parser.add_argument("--micro", action="store_true", help="decoder micro-benchmarks instead")
+    parser.add_argument(
+        "--worker", choices=(*BUDGIE_SYSTEMS, "onnx-asr-fp32"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--clip-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("-o", "--output", type=Path, help="write the JSON record here")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args)))
+        return 0
+    record = micro(args) if args.micro else compare(args)
+    record.update(provenance())
+    text = json.dumps(record, indent=1)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n", encoding="utf-8")
+    print(summary(record) if not args.micro else text)
+    return 0
+
+
+def provenance() -> dict[str, Any]:
+    import torch
+
+    from budgie.bench.hardware import hardware_profile, utc_now
+
+    return {
+        "date": utc_now(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": hardware_profile(torch.device("cpu")),
+        "host": platform.node(),
+    }
+
+
+def clip_paths(n: int, directory: Path) -> tuple[list[Path], list[float]]:
+    from budgie.bench.audioset import default_clips, write_clips
+
+    clips = default_clips(n)
+    return write_clips(clips, directory), [c.duration_s for c in clips]
+
+
+# ---- workers (one per system, in a subprocess) -----------------------------------------------
+
+
+def run_worker(system: str, args: argparse.Namespace) -> dict[str, Any]:
+    clips = sorted(str(p) for p in args.clip_dir.glob("clip*.wav"))
+    started = time.perf_counter()
+    if system == "onnx-asr-fp32":
+        transcribe, info = onnx_asr_system(args.onnx_dir)
+    else:
+        transcribe, info = budgie_system(system, args)
+    load_s = time.perf_counter() - started
+    transcribe(clips[0])  # warm-up
+    runs = []
+    for clip in clips:
+        t0 = time.perf_counter()
+        result = transcribe(clip)
+        runs.append({"clip": clip, "wall_s": time.perf_counter() - t0, **result})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"load_s": load_s, "runs": runs, "peak_rss_bytes": peak, **info}
+
+
+def budgie_system(system: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    from budgie.api import load_model
+
+    if system == "budgie-torch-fp32":
+        model = load_model(args.nemo, device="cpu", backend="torch")
+    else:
+        dtype = "int8" if system.endswith("int8") else "fp32"
+        model = load_model(args.onnx_dir, backend="onnx", dtype=dtype)
+
+    def transcribe(clip: str) -> dict[str, Any]:
+        result = model.transcribe(clip)
+        return {
+            "text": result.text,
+            "ids": [t.id for t in result.tokens],
+            "duration_s": result.duration_s,
+            "timings": vars(result.timings),
+            "decoder_steps": result.decoder_steps,
+        }
+
+    threads = {"torch_intraop": torch.get_num_threads(), "decode_loop": 1, "frontend_onnx": 1}
+    session = getattr(model, "encoder_session", None)
+    if session is not None:
+        threads["ort_encoder_intraop"] = session.get_session_options().intra_op_num_threads
+        threads["ort_decoder_intraop"] = 1
+    return transcribe, {"threads": threads}
+
+
+def onnx_asr_system(directory: Path) -> tuple[Any, dict[str, Any]]:
+    import onnx_asr
+
+    asr = onnx_asr.load_model("nemo-conformer-tdt", directory)
+
+    def transcribe(clip: str) -> dict[str, Any]:
+        return {"text": asr.recognize(clip)}
+
+    return transcribe, {"threads": {"ort": "onnx-asr defaults"}}
+
+
+def launch(system: str, args: argparse.Namespace, clip_dir: Path, paths: list[Path]) -> Any:
+    if system == "nemo-fp32":
+        command = [args.nemo_python, "-c", NEMO_WORKER, str(args.nemo), *map(str, paths)]
+    else:
+        command = [sys.executable, __file__, "--worker", system, "--clip-dir", str(clip_dir)]
+        command += ["--nemo", str(args.nemo), "--onnx-dir", str(args.onnx_dir)]
+    load_before = os.getloadavg()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{system} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["loadavg_before"], result["loadavg_after"] = load_before, os.getloadavg()
+    return result
+
+
+# ---- the comparison --------------------------------------------------------------------------
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as temp:
+        clip_dir = Path(temp)
+        paths, durations = clip_paths(args.clips, clip_dir)
+        rounds: list[dict[str, Any]] = []
+        for index in range(args.rounds):
+            order = args.systems if index % 2 == 0 else list(reversed(args.systems))
+            rounds.append({s: launch(s, args, clip_dir, paths) for s in order})
+    audio_s = sum(durations)
+    systems = {}
+    for system in args.systems:
+        results = [r[system] for r in rounds]
+        walls = [sum(run["wall_s"] for run in r["runs"]) for r in results]
+        best = results[walls.index(statistics.median_low(walls))]
+        systems[system] = system_summary(best, audio_s, walls)
+    record: dict[str, Any] = {
+        "clips": {"n": len(paths), "audio_s": audio_s, "durations_s": durations},
+        "batch_size": 1,
+        "systems": systems,
+        "rounds": rounds,
+    }
+    record["agreement"] = agreements(rounds[0])
+    record["ratios"] = ratios(systems)
+    return record
+
+
+def system_summary(result: dict[str, Any], audio_s: float, walls: list[float]) -> dict[str, Any]:
+    wall = sum(run["wall_s"] for run in result["runs"])
+    out = {
+        "rtfx": audio_s / wall,
+        "wall_s": wall,
+        "wall_s_per_round": walls,
+        "load_s": result["load_s"],
+        "peak_rss_gib": result["peak_rss_bytes"] / 2**30,
+        "threads": result.get("threads"),
+        "loadavg": [result["loadavg_before"], result["loadavg_after"]],
+    }
+    if result["runs"] and "timings" in result["runs"][0]:
+        for phase in ("preprocess_ms", "encode_ms", "decode_ms", "tokenize_ms", "load_audio_ms"):
+            out[phase] = sum(run["timings"][phase] for run in result["runs"])
+        out["decode_over_encode"] = out["decode_ms"] / out["encode_ms"]
+        out["decoder_steps"] = sum(run["decoder_steps"] for run in result["runs"])
+    return out
+
+
+def token_agreement(reference: list[list[Any]], other: list[list[Any]]) -> float:
+    """1 - (token edit distance summed over clips) / (reference tokens): 1.0 is identical."""
+    from budgie.bench.wer import edit_distance
+
+    errors = sum(
+        edit_distance(tuple(map(str, a)), tuple(map(str, b)))
+        for a, b in zip(reference, other, strict=True)
+    )
+    total = sum(len(a) for a in reference)
+    return 1.0 - errors / total if total else 1.0
+
+
+def agreements(round_: dict[str, Any]) -> dict[str, Any]:
+    ids = {s: [run["ids"] for run in r["runs"]] for s, r in round_.items() if "ids" in r["runs"][0]}
+    texts = {s: [run["text"] for run in r["runs"]] for s, r in round_.items()}
+    out: dict[str, Any] = {}
+    base = "budgie-onnx-fp32" if "budgie-onnx-fp32" in ids else "budgie-torch-fp32"
+    for system in ids:
+        if system != base and base in ids:
+            out[f"{system} vs {base} (token ids)"] = token_agreement(ids[base], ids[system])
+    for system in texts:
+        if system != base and base in texts:
+            same = sum(a == b for a, b in zip(texts[base], texts[system], strict=True))
+            out[f"{system} vs {base} (identical texts)"] = f"{same}/{len(texts[base])}"
+    return out
+
+
+def ratios(systems: dict[str, Any]) -> dict[str, float]:
+    budgie_fp32 = [s for s in ("budgie-torch-fp32", "budgie-onnx-fp32") if s in systems]
+    if not budgie_fp32:
+        return {}
+    fastest = max(budgie_fp32, key=lambda s: systems[s]["rtfx"])
+    out = {"fastest_budgie_fp32": fastest}
+    for other in ("nemo-fp32", "onnx-asr-fp32"):
+        if other in systems:
+            out[f"{fastest} / {other}"] = systems[fastest]["rtfx"] / systems[other]["rtfx"]
+    if "budgie-onnx-int8" in systems:
+        out[f"budgie-onnx-int8 / {fastest}"] = (
+            systems["budgie-onnx-int8"]["rtfx"] / systems[fastest]["rtfx"]
+        )
+    return out
+
+
+def summary(record: dict[str, Any]) -> str:
+    lines = [f"{record['clips']['n']} clips, {record['clips']['audio_s']:.1f} s of audio, batch 1"]
+    for name, s in record["systems"].items():
+        extra = ""
+        if "encode_ms" in s:
+            share = 100 * s["decode_over_encode"]
+            extra = f"  encode {s['encode_ms'] / 1000:.1f} s, decode {s['decode_ms'] / 1000:.2f} s"
+            extra += f" ({share:.1f} % of encode)"
+        lines.append(
+            f"{name:18s} RTFx {s['rtfx']:6.2f}  peak RSS {s['peak_rss_gib']:.2f} GiB{extra}"
+        )
+    lines += [
+        f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
+        for k, v in record["ratios"].items()
+    ]
+    lines += [
+        f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+        for k, v in record["agreement"].items()
+    ]
+    return "\n".join(lines)
+
+
+# ---- micro-benchmarks ------------------------------------------------------------------------
+
+
+def timed(fn: Any, repeats: int) -> float:
+    """Median of 5 batches of ``repeats`` calls, in microseconds per call."""
+    fn()
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        samples.append((time.perf_counter() - t0) / repeats * 1e6)
+    return statistics.median(samples)
+
+
+def micro(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from budgie.api import load_model
+    from budgie.audio import load_audio
+    from budgie.cpu_decoding import NumpyJoint, decode_threads
+    from budgie.decoding import greedy_decode_batched, greedy_decode_single
+
+    torch_model = load_model(args.nemo, device="cpu", backend="torch")
+    onnx_model = load_model(args.onnx_dir, backend="onnx")
+    fast = torch_model.cpu_decoder
+    net = torch_model.network
+    rng = np.random.default_rng(0)
+    f, g = rng.standard_normal((2, net.cfg.joint.joint_hidden)).astype(np.float32)
+    out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
+    joint = fast.step
+    numpy_joint = NumpyJoint(joint.weight.numpy(), joint.bias.numpy())
+    prediction = net.decoder.prediction
+    label = torch.tensor([5])
+    state = prediction.initial_state(1, torch.device("cpu"), torch.float32)
+    ort_predictor = onnx_model.cpu_decoder.predictor
+    ort_predictor.start()
+    fast.predictor.start()
+    for threads in (1, 2):
+        with decode_threads(threads), torch.inference_mode():
+            out[f"threads={threads}"] = {
+                "joint_step_torch_us": timed(lambda: joint(f, g), 300),
+                "joint_step_numpy_us": timed(lambda: numpy_joint(f, g), 300),
+                "predict_lstm_cell_us": timed(lambda: fast.predictor.advance(5), 50),
+                "predict_nn_lstm_us": timed(lambda: prediction(label, state), 50),
+                "predict_onnxruntime_us": timed(lambda: ort_predictor.advance(5), 50),
+            }
+    with tempfile.TemporaryDirectory() as temp:
+        paths, _ = clip_paths(4, Path(temp))
+        waves = [load_audio(p) for p in paths]
+    n = torch.tensor([len(w) for w in waves])
+    audio = torch.zeros(len(waves), int(n.max()))
+    for row, wave in enumerate(waves):
+        audio[row, : len(wave)] = torch.from_numpy(wave)
+    with torch.inference_mode():
+        for threads in (1, 2):
+            with decode_threads(threads):
+                out[f"threads={threads}"]["frontend_4_clips_ms"] = (
+                    timed(lambda: net.preprocessor(audio, n), 2) / 1e3
+                )
+        features, lengths = net.preprocessor(audio, n)
+        encoded, enc_lengths = net.encoder(features, lengths)
+    durations, cap = net.cfg.decoding.durations, net.cfg.decoding.max_symbols
+    with decode_threads(1), torch.inference_mode():
+        out["decode_4_clips_ms"] = {
+            "fast_loop_per_utterance": timed(lambda: fast.decode(encoded, enc_lengths, False), 1)
+            / 1e3,
+            "reference_loop_per_utterance": timed(
+                lambda: [
+                    greedy_decode_single(
+                        net.decoder, net.joint, encoded[i, : int(k)], durations, cap
+                    )
+                    for i, k in enumerate(enc_lengths)
+                ],
+                1,
+            )
+            / 1e3,
+            "batched_tensor_decoder": timed(
+                lambda: greedy_decode_batched(
+                    net.decoder, net.joint, encoded, enc_lengths, durations, cap
+                ),
+                1,
+            )
+            / 1e3,
+            "frames": enc_lengths.tolist(),
+        }
+    out["loadavg_after"] = os.getloadavg()
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
