@@ -68,6 +68,11 @@ def main() -> int:
     parser.add_argument("--nemo-python", default="/work/nemo-venv/bin/python")
     parser.add_argument("--micro", action="store_true", help="decoder micro-benchmarks instead")
     parser.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="token agreement when noise is added to the fp32 encoder output (no timing)",
+    )
+    parser.add_argument(
         "--worker", choices=(*BUDGIE_SYSTEMS, "onnx-asr-fp32"), help=argparse.SUPPRESS
     )
     parser.add_argument("--clip-dir", type=Path, help=argparse.SUPPRESS)
@@ -76,13 +81,14 @@ def main() -> int:
     if args.worker:
         print(json.dumps(run_worker(args.worker, args)))
         return 0
-    record = micro(args) if args.micro else compare(args)
+    modes = {"sensitivity": sensitivity, "micro": micro}
+    record = next((f for name, f in modes.items() if getattr(args, name)), compare)(args)
     record.update(provenance())
     text = json.dumps(record, indent=1)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n", encoding="utf-8")
-    print(summary(record) if not args.micro else text)
+    print(summary(record) if "systems" in record else text)
     return 0
 
 
@@ -384,6 +390,37 @@ def micro(args: argparse.Namespace) -> dict[str, Any]:
         }
     out["loadavg_after"] = os.getloadavg()
     return out
+
+
+def sensitivity(args: argparse.Namespace) -> dict[str, Any]:
+    """How far the model's own decisions are from ties: Gaussian noise of a given size (relative
+    to the encoder output's std) is added before decoding, and tokens are compared with the
+    noise-free ones. int8's activation rounding is noise of about 1 % of that scale."""
+    import numpy as np
+    import torch
+
+    from budgie.api import load_model
+    from budgie.audio import load_audio
+
+    model = load_model(args.onnx_dir, backend="onnx")
+    with tempfile.TemporaryDirectory() as temp:
+        paths, _ = clip_paths(args.clips, Path(temp))
+        encoded = []
+        for path in paths:
+            audio = torch.from_numpy(load_audio(path))[None]
+            features, lengths = model._preprocess(audio, torch.tensor([audio.shape[1]]))
+            encoded.append(model._encode(features, lengths))
+    decoder = model.cpu_decoder
+    reference = [decoder.decode(e, n, False)[0].token_ids for e, n in encoded]
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {"clips": len(paths), "tokens": sum(map(len, reference))}
+    for scale in (1e-3, 3e-3, 1e-2, 3e-2):
+        noisy = []
+        for e, n in encoded:
+            noise = torch.from_numpy(rng.standard_normal(tuple(e.shape)).astype(np.float32))
+            noisy.append(decoder.decode(e + scale * float(e.std()) * noise, n, False)[0].token_ids)
+        out[f"noise {scale:g} x std"] = token_agreement(reference, noisy)
+    return {"sensitivity": out}
 
 
 if __name__ == "__main__":
