@@ -270,7 +270,7 @@ def test_bad_archives(kind: str, message: str, tmp_path: Path, cache: Path) -> N
     [
         ("missing", "model file not found"),
         ("directory", "is a directory"),
-        ("onnx", "not yet supported"),
+        ("onnx", "--backend onnx"),
         ("missing.nemo", "model file not found"),
     ],
 )

@@ -87,7 +87,7 @@ def resolve_model_file(source: str) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "encoder-model.onnx").exists():
-            raise ModelError(f"{source}: ONNX model directories are not yet supported; use a .nemo")
+            raise ModelError(f"{source}: an ONNX model directory; load it with --backend onnx")
         raise ModelError(f"{source} is a directory; expected a .nemo file")
     if path.is_file():
         return path
