@@ -154,6 +154,33 @@ def greedy_decode_fast(
     return hyp
 
 
+def decode_rows(
+    projected: np.ndarray,
+    lengths: Tensor,
+    predictor: Predictor,
+    joint: JointStep,
+    blank: int,
+    num_labels: int,
+    durations: Sequence[int],
+    max_symbols: int,
+    with_confidence: bool = False,
+) -> list[Hypothesis]:
+    """``greedy_decode_fast`` for each row of a padded [B, T, J] batch, over its valid frames."""
+    return [
+        greedy_decode_fast(
+            projected[row, :n],
+            predictor,
+            joint,
+            blank,
+            num_labels,
+            durations,
+            max_symbols,
+            with_confidence,
+        )
+        for row, n in enumerate(int(x) for x in lengths.tolist())
+    ]
+
+
 def label_probability(label_logits: np.ndarray) -> float:
     """max softmax probability over the labels (NeMo's 'max_prob' confidence)."""
     shifted = label_logits.astype(np.float64) - float(label_logits.max())
@@ -258,16 +285,14 @@ class TorchCpuDecoder:
         """encoded [B, T, D] (any device), lengths [B] -> one hypothesis per row."""
         projected = self.project_encoder(encoded)
         with decode_threads(self.threads):
-            return [
-                greedy_decode_fast(
-                    projected[row, :n],
-                    self.predictor,
-                    self.step,
-                    self.blank,
-                    self.num_labels,
-                    self.durations,
-                    self.max_symbols,
-                    confidence,
-                )
-                for row, n in enumerate(int(x) for x in lengths.tolist())
-            ]
+            return decode_rows(
+                projected,
+                lengths,
+                self.predictor,
+                self.step,
+                self.blank,
+                self.num_labels,
+                self.durations,
+                self.max_symbols,
+                confidence,
+            )

@@ -51,7 +51,7 @@ from budgie.config import (
     PredictionConfig,
     PreprocessorConfig,
 )
-from budgie.cpu_decoding import decode_threads, greedy_decode_fast
+from budgie.cpu_decoding import decode_rows, decode_threads
 from budgie.decoding import Hypothesis
 from budgie.errors import BudgieError, ModelError
 from budgie.frontend import Preprocessor
@@ -268,19 +268,17 @@ class OnnxCpuDecoder:
             return self._loop(projected, lengths, confidence)
 
     def _loop(self, projected: np.ndarray, lengths: Tensor, confidence: bool) -> list[Hypothesis]:
-        return [
-            greedy_decode_fast(
-                projected[row, :n],
-                self.predictor,
-                self.parts.joint,
-                self.blank,
-                self.num_labels,
-                self.durations,
-                self.max_symbols,
-                confidence,
-            )
-            for row, n in enumerate(int(x) for x in lengths.tolist())
-        ]
+        return decode_rows(
+            projected,
+            lengths,
+            self.predictor,
+            self.parts.joint,
+            self.blank,
+            self.num_labels,
+            self.durations,
+            self.max_symbols,
+            confidence,
+        )
 
 
 class OnnxModel(Model):
