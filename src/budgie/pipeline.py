@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from budgie.audio import SAMPLE_RATE, describe_source, load_audio
+from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
 from budgie.cuda_runner import CudaRunner
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
@@ -79,7 +80,7 @@ class Model:
         self.cpu_decoder: CpuDecoder | None = None
 
     @property
-    def config(self):  # type: ignore[no-untyped-def]
+    def config(self) -> ModelConfig:
         return self.network.cfg
 
     @property
