@@ -143,15 +143,7 @@ def decode_three_ways(
     batched = greedy_decode_batched(
         net.decoder, net.joint, encoded, lengths, cfg.durations, cfg.max_symbols
     )
-    machine = StepDecoder(
-        net.decoder,
-        net.joint,
-        encoded.shape[0],
-        encoded.shape[1],
-        cfg.durations,
-        cfg.max_symbols,
-        torch.device("cpu"),
-    )
+    machine = StepDecoder.for_network(net, encoded.shape[0], encoded.shape[1], torch.device("cpu"))
     with torch.inference_mode():
         enc_proj = net.joint.project_encoder(encoded)
     stepped = decode_with_steps(machine, enc_proj, lengths, None)

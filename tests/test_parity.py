@@ -208,15 +208,7 @@ def test_every_decoder_matches_nemo_on_a_padded_batch(gold: Golden) -> None:
     batched = greedy_decode_batched(
         net.decoder, net.joint, encoded, lengths, cfg.durations, cfg.max_symbols
     )
-    machine = StepDecoder(
-        net.decoder,
-        net.joint,
-        len(samples),
-        encoded.shape[1],
-        cfg.durations,
-        cfg.max_symbols,
-        torch.device("cpu"),
-    )
+    machine = StepDecoder.for_network(net, len(samples), encoded.shape[1], torch.device("cpu"))
     with torch.inference_mode():
         enc_proj = net.joint.project_encoder(encoded)
     stepped = decode_with_steps(machine, enc_proj, lengths, None)

@@ -107,16 +107,7 @@ class CudaRunner:
         machine, graphed = self._decoders.get(key, (None, None))
         wants_graph = self._graph_now("decoder", key)
         if machine is None or (graphed is None and wants_graph):
-            cfg = net.cfg.decoding
-            machine = StepDecoder(
-                net.decoder,
-                net.joint,
-                batch,
-                frames,
-                cfg.durations,
-                cfg.max_symbols,
-                enc_proj.device,
-            )
+            machine = StepDecoder.for_network(net, batch, frames, enc_proj.device)
             graphed = GraphedStepDecoder(machine, self.compile_decoder) if wants_graph else None
             self._decoders[key] = (machine, graphed)
         return decode_with_steps(machine, enc_proj, lengths, graphed)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from budgie.decoding import Hypothesis
+from budgie.model import ParakeetTDT
 from budgie.transducer import Decoder, Joint
 
 # Steps per CUDA graph replay: enough to amortize the host check, few enough that rows rarely
@@ -101,6 +102,22 @@ class StepDecoder:
         self.c = torch.zeros(shape, device=device)
         self.pred_proj = torch.zeros(batch, hidden, device=device)
         self.blank_labels = torch.full((batch,), self.blank, dtype=torch.long, device=device)
+
+    @classmethod
+    def for_network(
+        cls, network: ParakeetTDT, batch: int, max_frames: int, device: torch.device
+    ) -> StepDecoder:
+        """A machine for ``network``'s decoder, joint and decoding settings."""
+        cfg = network.cfg.decoding
+        return cls(
+            network.decoder,
+            network.joint,
+            batch,
+            max_frames,
+            cfg.durations,
+            cfg.max_symbols,
+            device,
+        )
 
     @torch.inference_mode()
     def reset(self, enc_proj: Tensor, lengths: Tensor) -> None:
