@@ -21,7 +21,7 @@ from budgie import limits
 from budgie.audio import load_audio
 from budgie.config import EncoderConfig
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
-from budgie.encoder import ConvolutionModule, rel_shift
+from budgie.encoder import ConvolutionModule, rel_shift, relative_positions
 from budgie.errors import AudioError
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
 from budgie.model import ParakeetTDT
@@ -102,6 +102,35 @@ def test_encoder_batch_equals_single(
     # 100 samples: less than one hop, no frame; 160: one feature frame, one encoder frame
     assert batch_len.tolist()[:2] == [0, 1]
     assert torch.isfinite(batch_out).all()
+
+
+@pytest.mark.parametrize("preset", SMALL_PRESETS)
+def test_cached_position_tables_equal_direct_projection(
+    synth_models: SynthModels, preset: str
+) -> None:
+    """Slices of a cached table give each length the projection computed for it alone."""
+    encoder = copy.deepcopy(synth_models.model(preset).network.encoder)
+    layers = [layer.self_attn for layer in encoder.layers]  # type: ignore[union-attr]
+    for frames in (1, 7, 256, 257, 600, 300):
+        with torch.inference_mode():
+            cached = encoder.layer_positions(frames, torch.device("cpu"))
+        pos_emb = relative_positions(frames, encoder.cfg.d_model, torch.device("cpu"))
+        with torch.no_grad():
+            for attn, got in zip(layers, cached, strict=True):
+                assert got.shape == (1, attn.h, 2 * frames - 1, attn.d_k)
+                want = attn.project_positions(pos_emb)
+                assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert sorted(key[0] for key in encoder._position_tables) == [256, 512, 1024]
+    with torch.no_grad():  # new weights: the tables are rebuilt, not reused
+        layers[0].linear_pos.weight.mul_(2.0)
+    with torch.inference_mode():
+        doubled = encoder.layer_positions(7, torch.device("cpu"))[0]
+    assert sorted(key[0] for key in encoder._position_tables) == [256]
+    with torch.no_grad():
+        want = layers[0].project_positions(
+            relative_positions(7, encoder.cfg.d_model, torch.device("cpu"))
+        )
+    assert torch.allclose(doubled, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("preset", SMALL_PRESETS)

@@ -18,6 +18,9 @@ from budgie.config import EncoderConfig
 
 # NeMo fills masked attention scores with -INF_VAL and builds positional encodings with it.
 INF_VAL = 10000.0
+# Projected relative positions are cached for tables of this many frames (doubling from the
+# first), up to the last: 2,048 encoder frames = 164 s. Longer inputs project per call.
+POSITION_TABLE_FRAMES = (256, 512, 1024, 2048)
 
 
 def subsampled_length(lengths: Tensor, num_convs: int) -> Tensor:
@@ -70,6 +73,11 @@ class ConvSubsampling(nn.Module):
         return out.to(features.dtype), lengths
 
 
+def _tracing() -> bool:
+    """True while torch.jit traces (ONNX export): a cached table would become a constant."""
+    return bool(torch.jit.is_tracing())  # type: ignore[attr-defined,no-untyped-call]
+
+
 def relative_positions(length: int, d_model: int, device: torch.device) -> Tensor:
     """Sinusoidal encodings of relative positions T-1 ... -(T-1): [1, 2T-1, d_model].
 
@@ -116,15 +124,24 @@ class RelPositionMultiHeadAttention(nn.Module):
         self.pos_bias_u = nn.Parameter(torch.zeros(h, self.d_k))
         self.pos_bias_v = nn.Parameter(torch.zeros(h, self.d_k))
 
-    def forward(self, x: Tensor, pos_emb: Tensor, key_mask: Tensor | None) -> Tensor:
-        """x [B, T, D]; key_mask [B, T] True on valid frames, None when nothing is padded."""
+    def project_positions(self, pos_emb: Tensor) -> Tensor:
+        """[1, P, D] float32 encodings -> [1, H, P, d_k] float32 keys of the position term.
+
+        Depends on the length only, not on the input: the encoder caches it per length.
+        """
+        p: Tensor = self.linear_pos(pos_emb.to(self.linear_pos.weight.dtype)).float()
+        return p.view(1, -1, self.h, self.d_k).transpose(1, 2)
+
+    def forward(self, x: Tensor, positions: Tensor, key_mask: Tensor | None) -> Tensor:
+        """x [B, T, D]; positions from ``project_positions`` for 2T-1 relative positions;
+        key_mask [B, T] True on valid frames, None when nothing is padded."""
         b, t, _ = x.shape
         dt, act = self.linear_q.weight.dtype, x.dtype  # projections in dt, attention itself in act
         xc = x.to(dt)
         q = self.linear_q(xc).to(act).view(b, t, self.h, self.d_k)
         k = self.linear_k(xc).to(act).view(b, t, self.h, self.d_k).transpose(1, 2)
         v = self.linear_v(xc).to(act).view(b, t, self.h, self.d_k).transpose(1, 2)
-        p = self.linear_pos(pos_emb.to(dt)).to(act).view(1, -1, self.h, self.d_k).transpose(1, 2)
+        p = positions.to(act)
         q_u = (q + self.pos_bias_u).transpose(1, 2)
         q_v = (q + self.pos_bias_v).transpose(1, 2)
         scale = 1.0 / math.sqrt(self.d_k)
@@ -209,10 +226,11 @@ class ConformerLayer(nn.Module):
         self.feed_forward2 = FeedForward(cfg)
         self.norm_out = nn.LayerNorm(d)
 
-    def forward(self, x: Tensor, pos_emb: Tensor, valid: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor, valid: Tensor | None) -> Tensor:
+        """positions: this layer's ``self_attn.project_positions`` of the encodings."""
         pad_mask = None if valid is None else ~valid
         x = x + 0.5 * self.feed_forward1(self.norm_feed_forward1(x))
-        x = x + self.self_attn(self.norm_self_att(x), pos_emb, valid)
+        x = x + self.self_attn(self.norm_self_att(x), positions, valid)
         x = x + self.conv(self.norm_conv(x), pad_mask)
         x = x + 0.5 * self.feed_forward2(self.norm_feed_forward2(x))
         out: Tensor = self.norm_out(x)
@@ -228,6 +246,10 @@ class ConformerEncoder(nn.Module):
         self.pre_encode = ConvSubsampling(cfg)
         self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.n_layers))
         self.xscale = math.sqrt(cfg.d_model) if cfg.xscaling else None
+        # (frames, device, dtype) -> per-layer projected positions for 2*frames-1 positions.
+        # Tables are never dropped: CUDA graphs captured with a slice of one read it later.
+        self._position_tables: dict[tuple[int, torch.device, torch.dtype], list[Tensor]] = {}
+        self._position_weights: tuple[int, int, torch.dtype] | None = None
 
     def set_matmul_dtype(self, dtype: torch.dtype, device: torch.device | None = None) -> None:
         """Mixed precision: linear and conv weights in ``dtype``; the residual stream,
@@ -242,6 +264,30 @@ class ConformerEncoder(nn.Module):
                     module.to(device)
                 module.to(dtype)
 
+    def layer_positions(self, frames: int, device: torch.device) -> list[Tensor]:
+        """Each layer's projected relative positions for an input of ``frames`` frames.
+
+        The encodings for T frames are the middle 2T-1 rows of any longer table, and the
+        projection is row by row, so one projected table per size serves every shorter input:
+        the projection (~8 % of the encoder's arithmetic at 20 s) is paid once, not per call.
+        """
+        layers = [layer.self_attn for layer in self.layers if isinstance(layer, ConformerLayer)]
+        table = next((n for n in POSITION_TABLE_FRAMES if n >= frames), None)
+        if table is None or _tracing() or torch.is_grad_enabled():
+            pos_emb = relative_positions(frames, self.cfg.d_model, device)
+            return [attn.project_positions(pos_emb) for attn in layers]
+        weight = layers[0].linear_pos.weight
+        identity = (weight.data_ptr(), weight._version, weight.dtype)
+        if identity != self._position_weights:  # new or changed weights: old tables are stale
+            self._position_tables.clear()
+            self._position_weights = identity
+        key = (table, device, weight.dtype)
+        if key not in self._position_tables:
+            pos_emb = relative_positions(table, self.cfg.d_model, device)
+            self._position_tables[key] = [attn.project_positions(pos_emb) for attn in layers]
+        first = table - frames
+        return [p[:, :, first : first + 2 * frames - 1] for p in self._position_tables[key]]
+
     def fold_batch_norms(self) -> None:
         for layer in self.layers:
             assert isinstance(layer, ConformerLayer)
@@ -255,10 +301,10 @@ class ConformerEncoder(nn.Module):
         if self.xscale is not None:
             x = x * self.xscale
         t = x.shape[1]
-        pos_emb = relative_positions(t, self.cfg.d_model, x.device).to(x.dtype)
+        positions = self.layer_positions(t, x.device)
         valid: Tensor | None = time_mask(lengths, t)
         if not always_mask and bool((lengths == t).all()):
             valid = None  # no padding: skip every mask
-        for layer in self.layers:
-            x = layer(x, pos_emb, valid)
+        for layer, layer_positions in zip(self.layers, positions, strict=True):
+            x = layer(x, layer_positions, valid)
         return x, lengths

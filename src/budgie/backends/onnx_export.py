@@ -49,7 +49,7 @@ from budgie.backends import (
     write_config,
     write_vocab,
 )
-from budgie.encoder import INF_VAL, ConformerEncoder, time_mask
+from budgie.encoder import INF_VAL, ConformerEncoder, ConformerLayer, time_mask
 from budgie.errors import BudgieError, ModelError
 from budgie.model import ParakeetTDT
 
@@ -117,7 +117,8 @@ class EncoderGraph(nn.Module):
         pos_emb = relative_positions_onnx(x, enc.cfg.d_model)
         valid = time_mask(lengths, x.shape[1])
         for layer in enc.layers:
-            x = layer(x, pos_emb, valid)
+            assert isinstance(layer, ConformerLayer)
+            x = layer(x, layer.self_attn.project_positions(pos_emb), valid)
         return x.transpose(1, 2), lengths
 
 
