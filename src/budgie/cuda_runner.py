@@ -16,11 +16,14 @@ it. A warm-up pass over representative lengths moves these costs out of measured
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
 
 from budgie.decoding import Hypothesis
+from budgie.encoder import ConformerLayer, LayerRunner
 from budgie.gpu_decoding import GraphedStepDecoder, StepDecoder, decode_with_steps
 from budgie.model import ParakeetTDT
 
@@ -40,21 +43,78 @@ def bucket_frames(frames: int) -> int:
     return max(FEATURE_BUCKET, -(-frames // FEATURE_BUCKET) * FEATURE_BUCKET)
 
 
+def samples_bucket(num_samples: int, hop: int) -> int:
+    """Samples per frontend bucket: the STFT (center=True) of S samples has S // hop + 1
+    frames, so S = K * hop - 1 gives exactly K = an encoder bucket's feature frames."""
+    return bucket_frames(num_samples // hop + 1) * hop - 1
+
+
+def compiled_layer_runner() -> LayerRunner:
+    """One Inductor-compiled conformer layer for every layer and length (dynamic shapes):
+    the ~60 small kernels of a layer become ~20, which is what bounds a layer at small batch.
+    Parameters are graph inputs, so the 24 layers share one compilation."""
+
+    def run_layer(
+        layer: ConformerLayer, x: Tensor, positions: Tensor, valid: Tensor | None
+    ) -> Tensor:
+        out: Tensor = layer(x, positions, valid)
+        return out
+
+    return cast(LayerRunner, torch.compile(run_layer, dynamic=True))
+
+
+def _capture(graph: torch.cuda.CUDAGraph, fn: Callable[[], object]) -> None:
+    """Run ``fn`` once on a side stream (warm-up: compiles, allocations), then capture it."""
+    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph), torch.inference_mode():
+        fn()
+
+
+class _FrontendGraph:
+    """Waveforms -> log-mel features for one (batch, samples) bucket. Samples past an input's
+    length are zero and masked, so its valid frames equal the unbucketed computation."""
+
+    def __init__(self, network: ParakeetTDT, batch: int, samples: int) -> None:
+        device = next(network.parameters()).device
+        self.audio = torch.zeros(batch, samples, device=device)
+        self.num_samples = torch.zeros(batch, device=device, dtype=torch.long)
+        self.graph = torch.cuda.CUDAGraph()
+
+        def frontend() -> None:
+            self.features, self.lengths = network.preprocessor(self.audio, self.num_samples)
+
+        _capture(self.graph, frontend)
+
+    def run(self, audio: Tensor, num_samples: Tensor) -> tuple[Tensor, Tensor]:
+        b, n = audio.shape
+        self.audio.zero_()
+        self.audio[:b, :n].copy_(audio, non_blocking=True)
+        self.num_samples.zero_()
+        self.num_samples[:b].copy_(num_samples, non_blocking=True)
+        self.graph.replay()
+        return self.features[:b], self.lengths[:b]
+
+
 class _EncoderGraph:
-    def __init__(self, network: ParakeetTDT, batch: int, frames: int) -> None:
+    def __init__(
+        self, network: ParakeetTDT, batch: int, frames: int, run_layer: LayerRunner | None
+    ) -> None:
         cfg = network.cfg
         device = next(network.parameters()).device
         self.features = torch.zeros(batch, cfg.preprocessor.features, frames, device=device)
         self.lengths = torch.full((batch,), frames, device=device, dtype=torch.long)
-        encoder = network.encoder
-        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.inference_mode():
-            encoder(self.features, self.lengths, always_mask=True)
-        torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.out, self.out_lengths = encoder(self.features, self.lengths, always_mask=True)
+
+        def encode() -> None:
+            self.out, self.out_lengths = network.encoder(
+                self.features, self.lengths, always_mask=True, run_layer=run_layer
+            )
+
+        _capture(self.graph, encode)
 
     def run(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         b, _, t = features.shape
@@ -70,13 +130,23 @@ class CudaRunner:
     """Owns the graphs of one model on one GPU."""
 
     def __init__(
-        self, network: ParakeetTDT, use_graphs: bool = True, compile_decoder: bool | None = None
+        self,
+        network: ParakeetTDT,
+        use_graphs: bool = True,
+        compile_decoder: bool | None = None,
+        compile_encoder: bool | None = None,
     ) -> None:
         self.network = network
         self.use_graphs = use_graphs
+        wanted = set(os.environ.get("BUDGIE_COMPILE", "decoder,encoder").lower().split(","))
         if compile_decoder is None:
-            compile_decoder = os.environ.get("BUDGIE_COMPILE", "1") != "0"
+            compile_decoder = bool(wanted & {"1", "decoder"})
+        if compile_encoder is None:
+            compile_encoder = bool(wanted & {"1", "encoder"})
         self.compile_decoder = compile_decoder
+        self.compile_encoder = compile_encoder
+        self._layer_runner: LayerRunner | None = None
+        self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
         self._uses: dict[tuple[str, int, int], int] = {}
@@ -87,12 +157,28 @@ class CudaRunner:
         uses = self._uses[counter] = self._uses.get(counter, 0) + 1
         return self.use_graphs and uses >= 2
 
+    def preprocess(self, audio: Tensor, num_samples: Tensor) -> tuple[Tensor, Tensor]:
+        """Waveforms [B, N] (host or device) -> features and lengths on the GPU."""
+        net = self.network
+        hop = net.cfg.preprocessor.hop_length
+        key = (bucket_batch(audio.shape[0]), samples_bucket(audio.shape[1], hop))
+        graph = self._frontends.get(key)
+        if graph is None and self._graph_now("frontend", key):
+            graph = self._frontends[key] = _FrontendGraph(net, *key)
+        if graph is None:
+            device = next(net.parameters()).device
+            features, lengths = net.preprocessor(audio.to(device), num_samples.to(device))
+            return features, lengths
+        return graph.run(audio, num_samples)
+
     def encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         net = self.network
         key = (bucket_batch(features.shape[0]), bucket_frames(features.shape[2]))
         graph = self._encoders.get(key)
         if graph is None and self._graph_now("encoder", key):
-            graph = self._encoders[key] = _EncoderGraph(net, *key)
+            if self.compile_encoder and self._layer_runner is None:
+                self._layer_runner = compiled_layer_runner()
+            graph = self._encoders[key] = _EncoderGraph(net, *key, self._layer_runner)
         if graph is None:
             encoded, enc_lengths = net.encoder(features, lengths)
             return encoded, enc_lengths

@@ -9,6 +9,7 @@ depthwise convolution. A batch therefore gives each utterance the result it gets
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,10 @@ def rel_shift(scores: Tensor) -> Tensor:
     same numbers NeMo's pad-and-reshape trick selects, without the copies.
     """
     b, h, t, p = scores.shape
+    if torch.compiler.is_compiling():  # storage_offset() breaks the graph: same selection by
+        padded = F.pad(scores, (1, 0))  # padding a zero column and reading 2T rows of T
+        shifted = padded.reshape(b, h, p + 1, t)[:, :, 1:]
+        return shifted.reshape(b, h, t, p)[:, :, :, :t]
     scores = scores.contiguous()
     return scores.as_strided(
         (b, h, t, t), (h * t * p, t * p, p - 1, 1), scores.storage_offset() + t - 1
@@ -136,15 +141,17 @@ class RelPositionMultiHeadAttention(nn.Module):
         """x [B, T, D]; positions from ``project_positions`` for 2T-1 relative positions;
         key_mask [B, T] True on valid frames, None when nothing is padded."""
         b, t, _ = x.shape
-        dt, act = self.linear_q.weight.dtype, x.dtype  # projections in dt, attention itself in act
+        # Precision as NeMo under autocast: projections, both score terms and the softmax in
+        # the weights' dtype; the bias adds in float32 (a bf16 + float32 sum promotes).
+        dt = self.linear_q.weight.dtype
         xc = x.to(dt)
-        q = self.linear_q(xc).to(act).view(b, t, self.h, self.d_k)
-        k = self.linear_k(xc).to(act).view(b, t, self.h, self.d_k).transpose(1, 2)
-        v = self.linear_v(xc).to(act).view(b, t, self.h, self.d_k).transpose(1, 2)
-        p = positions.to(act)
-        q_u = (q + self.pos_bias_u).transpose(1, 2)
-        q_v = (q + self.pos_bias_v).transpose(1, 2)
+        q = self.linear_q(xc).view(b, t, self.h, self.d_k)
+        k = self.linear_k(xc).view(b, t, self.h, self.d_k).transpose(1, 2)
+        v = self.linear_v(xc).view(b, t, self.h, self.d_k).transpose(1, 2)
+        q_u = (q.float() + self.pos_bias_u).to(dt).transpose(1, 2)
+        q_v = (q.float() + self.pos_bias_v).to(dt).transpose(1, 2)
         scale = 1.0 / math.sqrt(self.d_k)
+        p = positions.to(dt)
         position_scores = rel_shift(torch.matmul(q_v, p.transpose(-2, -1))) * scale
         if key_mask is not None:
             invalid = ~(key_mask[:, None, None, :] & key_mask[:, None, :, None])
@@ -156,10 +163,8 @@ class RelPositionMultiHeadAttention(nn.Module):
             out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=position_scores)
         if key_mask is not None:  # padded query rows: NeMo zeroes them
             out = out.masked_fill(~key_mask[:, None, :, None], 0.0)
-        merged: Tensor = self.linear_out(
-            out.transpose(1, 2).reshape(b, t, self.h * self.d_k).to(dt)
-        )
-        return merged.to(act)
+        merged: Tensor = self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k))
+        return merged.to(x.dtype)
 
 
 class ConvolutionModule(nn.Module):
@@ -237,6 +242,9 @@ class ConformerLayer(nn.Module):
         return out
 
 
+LayerRunner = Callable[[ConformerLayer, Tensor, Tensor, "Tensor | None"], Tensor]
+
+
 class ConformerEncoder(nn.Module):
     """features [B, F, T] + lengths -> encoded [B, T', d_model] + lengths (T' = T / 8)."""
 
@@ -253,7 +261,7 @@ class ConformerEncoder(nn.Module):
 
     def set_matmul_dtype(self, dtype: torch.dtype, device: torch.device | None = None) -> None:
         """Mixed precision: linear and conv weights in ``dtype``; the residual stream,
-        LayerNorm, BatchNorm and the attention softmax stay float32 (as NeMo under autocast).
+        LayerNorm and BatchNorm stay float32, attention runs in ``dtype`` (NeMo under autocast).
 
         With ``device``, each module is moved first and cast there, one at a time: the cast
         runs on the GPU and no full float32 copy of the encoder is ever resident there.
@@ -294,9 +302,14 @@ class ConformerEncoder(nn.Module):
             layer.conv.fold_batch_norm()
 
     def forward(
-        self, features: Tensor, lengths: Tensor, always_mask: bool = False
+        self,
+        features: Tensor,
+        lengths: Tensor,
+        always_mask: bool = False,
+        run_layer: LayerRunner | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """``always_mask`` skips the host-side "is anything padded?" check (CUDA graphs)."""
+        """``always_mask`` skips the host-side "is anything padded?" check (CUDA graphs);
+        ``run_layer(layer, x, positions, valid)`` replaces ``layer(...)`` (a compiled layer)."""
         x, lengths = self.pre_encode(features.float(), lengths)
         if self.xscale is not None:
             x = x * self.xscale
@@ -306,5 +319,9 @@ class ConformerEncoder(nn.Module):
         if not always_mask and bool((lengths == t).all()):
             valid = None  # no padding: skip every mask
         for layer, layer_positions in zip(self.layers, positions, strict=True):
-            x = layer(x, layer_positions, valid)
+            assert isinstance(layer, ConformerLayer)
+            if run_layer is None:
+                x = layer(x, layer_positions, valid)
+            else:
+                x = run_layer(layer, x, layer_positions, valid)
         return x, lengths

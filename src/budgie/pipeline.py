@@ -200,9 +200,7 @@ class Model:
         lengths = [len(item.samples) for item in batch]
         with clock.phase("preprocess"):
             audio = torch.from_numpy(_stack_padded([item.samples for item in batch]))
-            audio = audio.to(self.device, non_blocking=True)
-            num_samples = torch.tensor(lengths, device=self.device)
-            features, feature_lengths = self._preprocess(audio, num_samples)
+            features, feature_lengths = self._preprocess(audio, torch.tensor(lengths))
         with clock.phase("encode"):
             encoded, enc_lengths = self._encode(features, feature_lengths)
         with clock.phase("decode"):
@@ -253,8 +251,12 @@ class Model:
     def _preprocess(
         self, audio: torch.Tensor, num_samples: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Waveforms -> log-mel features and lengths (a backend hook, like ``_encode``)."""
-        features, lengths = self.network.preprocessor(audio, num_samples)
+        """Host waveforms -> log-mel features and lengths on the model's device (a backend
+        hook, like ``_encode``)."""
+        if self.cuda_runner is not None:
+            return self.cuda_runner.preprocess(audio, num_samples)
+        device = self.device
+        features, lengths = self.network.preprocessor(audio.to(device), num_samples.to(device))
         return features, lengths
 
     def _encode(

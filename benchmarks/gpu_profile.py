@@ -1,0 +1,153 @@
+"""Where a GPU transcript's time goes: A/B of execution variants plus a kernel profile.
+
+Run on the device (one call, no NeMo needed with ``--checkpoint synth``):
+    python3 benchmarks/gpu_profile.py --checkpoint synth --out $OUT/gpu_profile.json
+
+For each variant of the CUDA runner (which parts are torch.compile'd before graph capture) it
+records latency-mode (B=1, bf16) phase means over the default clips and throughput-mode RTFx,
+then profiles one B=1 transcript of the last variant (kernel time by name, kernel count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import torch  # noqa: E402
+from gpu_compare import phase_means  # noqa: E402
+
+from budgie.api import load_model  # noqa: E402
+from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
+from budgie.cuda_runner import CudaRunner  # noqa: E402
+from budgie.pipeline import Model  # noqa: E402
+from budgie.results import Transcript  # noqa: E402
+from budgie.synth import synth_nemo  # noqa: E402
+
+VARIANTS = {
+    "graphs": {"compile_decoder": False, "compile_encoder": False},
+    "compile_decoder": {"compile_decoder": True, "compile_encoder": False},
+    "compile_both": {"compile_decoder": True, "compile_encoder": True},
+}
+
+
+def latency(model: Model, clips: list[str], repeats: int) -> dict[str, Any]:
+    for _ in range(2):  # first use of a bucket runs eagerly, the second captures
+        model.transcribe(clips)
+    runs = [model.transcribe(c) for _ in range(repeats) for c in clips]
+    return phase_means(runs)
+
+
+def throughput(model: Model, files: list[str], batch: int) -> dict[str, Any]:
+    model.sync_phases = False
+    for _ in range(2):
+        model.transcribe(files, batch_size=batch)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    results = model.transcribe(files, batch_size=batch)
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    model.sync_phases = True
+    audio = sum(r.duration_s for r in results if isinstance(r, Transcript))
+    synced = [r for r in model.transcribe(files, batch_size=batch) if isinstance(r, Transcript)]
+    sums = dict.fromkeys(("load_audio", "preprocess", "encode", "decode", "tokenize"), 0.0)
+    batches: set[tuple[float, float, float]] = set()
+    for r in synced:  # per-input phases add up; batch phases are shared by a batch's members
+        sums["load_audio"] += r.timings.load_audio_ms
+        sums["tokenize"] += r.timings.tokenize_ms
+        batches.add((r.timings.preprocess_ms, r.timings.encode_ms, r.timings.decode_ms))
+    for pre, enc, dec in batches:
+        sums["preprocess"] += pre
+        sums["encode"] += enc
+        sums["decode"] += dec
+    return {"batch": batch, "wall_s": wall, "rtfx": audio / wall, "synced_phase_sums_ms": sums}
+
+
+def kernel_profile(model: Model, clip: str) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        result = model.transcribe(clip)
+    kernels: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.setdefault(event.name, []).append(event.device_time)
+    rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))
+    table = [{"name": k[:120], "count": len(v), "total_us": sum(v)} for k, v in rows[:40]]
+    for row in table[:25]:
+        print(f"  {row['total_us']:9.1f} us {row['count']:5d}x  {row['name']}", flush=True)
+    return {
+        "phases_ms": result.timings.__dict__,
+        "kernel_count": sum(len(v) for v in kernels.values()),
+        "kernel_total_us": sum(sum(v) for v in kernels.values()),
+        "top": table,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--checkpoint", choices=["synth", "recipe"], default="synth")
+    parser.add_argument("--clips", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--copies", type=int, default=8)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    out: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "command": " ".join(sys.argv),
+        "torch": torch.__version__,
+        "variants": {},
+    }
+    work = Path(tempfile.mkdtemp())
+    ckpt = work / "v2.nemo"
+    t0 = time.perf_counter()
+    if args.checkpoint == "recipe":
+        import subprocess
+
+        builder = HERE / "build_recipe_checkpoint.py"
+        subprocess.run([sys.executable, str(builder), str(ckpt)], check=True, capture_output=True)
+    else:
+        synth_nemo(ckpt, "parakeet-tdt-0.6b-v2", seed=0)
+    out["checkpoint"], out["checkpoint_s"] = args.checkpoint, time.perf_counter() - t0
+    clips = [str(p) for p in write_clips(default_clips(args.clips), work / "clips")]
+    out["audio_s_mean"] = statistics.fmean(c.duration_s for c in default_clips(args.clips))
+    model = load_model(ckpt, device="cuda", dtype="bf16")
+    for name in args.variants.split(","):
+        t0 = time.perf_counter()
+        try:
+            model.cuda_runner = CudaRunner(model.network, **VARIANTS[name])
+            entry: dict[str, Any] = {"latency_b1": latency(model, clips, args.repeats)}
+            entry["warm_s"] = time.perf_counter() - t0
+            entry["throughput"] = throughput(model, clips * args.copies, 64)
+            out["variants"][name] = entry
+            lat = entry["latency_b1"]
+            print(
+                f"[{name}] B=1 total {lat['total_ms']:.2f} ms (pre {lat['preprocess_ms']:.2f} "
+                f"enc {lat['encode_ms']:.2f} dec {lat['decode_ms']:.2f} load "
+                f"{lat['load_audio_ms']:.2f} tok {lat['tokenize_ms']:.2f}) steps "
+                f"{lat['steps_mean']:.0f}; B=64 RTFx {entry['throughput']['rtfx']:.0f} "
+                f"{ {k: round(v) for k, v in entry['throughput']['synced_phase_sums_ms'].items()} }; "
+                f"{time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
+        except Exception as exc:  # keep going: record what broke
+            import traceback
+
+            out["variants"][name] = {"error": traceback.format_exc()[-3000:]}
+            print(f"[{name}] FAILED {exc!r}", flush=True)
+    out["profile_b1"] = kernel_profile(model, clips[1])
+    Path(args.out).write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
