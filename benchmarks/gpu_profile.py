@@ -131,12 +131,13 @@ def main() -> None:
             entry["throughput"] = throughput(model, clips * args.copies, 64)
             out["variants"][name] = entry
             lat = entry["latency_b1"]
+            sums = entry["throughput"]["synced_phase_sums_ms"]
             print(
                 f"[{name}] B=1 total {lat['total_ms']:.2f} ms (pre {lat['preprocess_ms']:.2f} "
                 f"enc {lat['encode_ms']:.2f} dec {lat['decode_ms']:.2f} load "
                 f"{lat['load_audio_ms']:.2f} tok {lat['tokenize_ms']:.2f}) steps "
                 f"{lat['steps_mean']:.0f}; B=64 RTFx {entry['throughput']['rtfx']:.0f} "
-                f"{ {k: round(v) for k, v in entry['throughput']['synced_phase_sums_ms'].items()} }; "
+                f"{ {k: round(v) for k, v in sums.items()} }; "
                 f"{time.perf_counter() - t0:.0f}s",
                 flush=True,
             )
