@@ -109,7 +109,7 @@ class Tokenizer:
         self.name = name
         self._text_cache: dict[int, str] = {}
 
-    @property
+    @cached_property
     def vocab_size(self) -> int:
         """Number of pieces; the TDT blank id equals this."""
         return int(self._sp.get_piece_size())
@@ -132,10 +132,14 @@ class Tokenizer:
                 f"token id {token_id} is outside the tokenizer's {self.vocab_size} pieces "
                 "(model and tokenizer do not match)"
             )
-        return str(self._sp.id_to_piece(int(token_id)))
+        return self.vocab[token_id]
 
     def pieces(self, ids: Sequence[int]) -> list[str]:
-        return [self.id_to_piece(i) for i in ids]
+        """A tuple lookup per id (checked in bulk): the tokenize phase is per-token Python."""
+        vocab = self.vocab
+        if ids and not (min(ids) >= 0 and max(ids) < len(vocab)):
+            return [self.id_to_piece(i) for i in ids]  # raises for the bad id
+        return [vocab[i] for i in ids]
 
     def decode_pieces(self, pieces: Sequence[str]) -> str:
         """SentencePiece's own detokenization (NeMo's ``tokens_to_text``), no punctuation fix."""
