@@ -1,0 +1,341 @@
+# mypy: disable-error-code="misc,no-untyped-def,untyped-decorator"
+"""The GPU decoder step of gpu_decoding.py in 2 + L Triton kernels (L = LSTM layers).
+
+Why: at batch 1 a ``StepDecoder.step`` is about 13 dependent kernels even after torch.compile,
+and their launch latencies, not the arithmetic, set its cost (~68 us on an H100 with CUDA graphs,
+benchmarks/results/gpu_compare_h100_2026-11-24.json). Here a step is:
+
+1. ``_joint_kernel``: logits = relu(enc_proj[b, frame_b] + pred_proj[b]) @ W_out^T + bias, the
+   output rows split over programs.
+2. ``_lstm_kernel`` (layer 0): every program takes the argmaxes of its rows itself (reading the
+   logits is cheaper than a launch), so it knows which rows emit and which label to embed; the
+   programs of the first hidden block also record (label, duration, emit) for step 4. The
+   programs then compute the 4 gate rows of their hidden units (so the cell update is local)
+   into scratch h/c buffers, since other programs still read the old state.
+3. ``_lstm_kernel`` (layers 1..L-1): the same cell on the previous layer's new h.
+4. ``_project_kernel``: the first program per batch block does all of the step's bookkeeping
+   (out slot, count, on_frame, last_frame, steps, the max-symbols cap, time); then pred_proj of
+   the emitting rows and the copy of their new h/c into the state.
+
+A program whose rows all did not emit returns before touching a weight (early exit), so a blank
+step costs one joint GEMV plus three near-empty launches. Semantics are exactly
+``StepDecoder.step``'s: the same buffers after every step, integers equal, floats equal up to
+rounding (summation order, b_ih + b_hh summed once, tanh(x) as 2 sigmoid(2x) - 1), so a token
+can only differ at an argmax near-tie. Buffers are preallocated and nothing syncs with the
+host, so a run of steps is CUDA-graph capturable (GraphedStepDecoder with compile=False).
+float32 only; weights are copied (packed) at construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from budgie.gpu_decoding import StepDecoder
+from budgie.transducer import Decoder, Joint
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """Tiling. A program handles ``block_b`` rows and ``block_n`` joint outputs, ``block_h``
+    hidden units (x4 gate rows) of an LSTM layer, or ``block_j`` prediction projections; its
+    [rows, outputs, k] product tile has about ``tile`` elements (registers per thread)."""
+
+    block_b: int = 8
+    block_n: int = 8
+    block_h: int = 4
+    block_j: int = 4
+    tile: int = 4096
+    num_warps: int = 4
+
+    def rows(self, batch: int) -> int:
+        return min(int(triton.next_power_of_2(batch)), self.block_b)
+
+    def block_k(self, rows: int, outputs: int, k: int) -> int:
+        return int(min(triton.next_power_of_2(k), max(16, self.tile // (rows * outputs))))
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _joint_kernel(
+    enc_ptr, pred_ptr, w_ptr, bias_ptr, time_ptr, len_ptr, logits_ptr,
+    B, T, J, N,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    row_ok = rows < B
+    time = tl.load(time_ptr + rows, mask=row_ok, other=0)
+    frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    frame = tl.minimum(time, tl.maximum(frames - 1, 0))
+    enc_rows = (rows.to(tl.int64) * T + frame) * J
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)
+    col_ok = cols < N
+    acc = tl.zeros([BB, BN], dtype=tl.float32)
+    for k0 in range(0, J, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_ok = ks < J
+        m = row_ok[:, None] & k_ok[None, :]
+        enc = tl.load(enc_ptr + enc_rows[:, None] + ks[None, :], mask=m, other=0.0)
+        pred = tl.load(pred_ptr + rows[:, None] * J + ks[None, :], mask=m, other=0.0)
+        hidden = tl.maximum(enc + pred, 0.0)
+        w_mask = col_ok[:, None] & k_ok[None, :]
+        w = tl.load(w_ptr + cols[:, None] * J + ks[None, :], mask=w_mask, other=0.0)
+        acc += tl.sum(hidden[:, None, :] * w[None, :, :], axis=2)
+    acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
+    out = logits_ptr + rows[:, None] * N + cols[None, :]
+    tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _argmax_rows(ptr, rows, row_ok, stride, n, BB: tl.constexpr, BL: tl.constexpr):
+    """First index of the maximum of ptr[row * stride + 0..n) per row (torch.argmax's ties)."""
+    best = tl.full([BB], float("-inf"), dtype=tl.float32)
+    best_at = tl.zeros([BB], dtype=tl.int32)
+    for l0 in range(0, n, BL):
+        cols = l0 + tl.arange(0, BL)
+        m = row_ok[:, None] & (cols < n)[None, :]
+        v = tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=m, other=float("-inf"))
+        v_max = tl.max(v, axis=1)
+        v_at = tl.argmax(v, axis=1) + l0
+        better = v_max > best  # strict: an earlier chunk keeps a tie
+        best_at = tl.where(better, v_at, best_at)
+        best = tl.where(better, v_max, best)
+    return best_at
+
+
+@triton.jit
+def _lstm_kernel(
+    logits_ptr, time_ptr, len_ptr, dur_ptr, embed_ptr, x_ptr, h_ptr, c_ptr, w_ptr, b_ptr,
+    h_out_ptr, c_out_ptr, sel_ptr,
+    B, H, N, NL, ND, BLANK,
+    FIRST: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    row_ok = rows < B
+    if FIRST:
+        time = tl.load(time_ptr + rows, mask=row_ok, other=0)
+        frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
+        label = _argmax_rows(logits_ptr, rows, row_ok, N, NL, BB, BL)
+        emit = row_ok & (time < frames) & (label != BLANK)
+        if tl.program_id(0) == 0:
+            index = _argmax_rows(logits_ptr + NL, rows, row_ok, N, ND, BB, BD)
+            dur = tl.load(dur_ptr + index, mask=row_ok, other=0)
+            dur = tl.where((label == BLANK) & (dur == 0), 1, dur)
+            tl.store(sel_ptr + rows * 3, label.to(tl.int64), mask=row_ok)
+            tl.store(sel_ptr + rows * 3 + 1, dur, mask=row_ok)
+            tl.store(sel_ptr + rows * 3 + 2, emit.to(tl.int64), mask=row_ok)
+        x_rows = label.to(tl.int64) * H  # layer 0 input: the label's embedding row
+        x_base = embed_ptr
+    else:
+        emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
+        x_rows = rows.to(tl.int64) * H  # the previous layer's new h
+        x_base = x_ptr
+    if tl.max(emit.to(tl.int32), axis=0) == 0:
+        return
+    hs = tl.program_id(0) * BH + tl.arange(0, BH)
+    h_ok = hs < H
+    acc_i = tl.zeros([BB, BH], dtype=tl.float32)
+    acc_f = tl.zeros([BB, BH], dtype=tl.float32)
+    acc_g = tl.zeros([BB, BH], dtype=tl.float32)
+    acc_o = tl.zeros([BB, BH], dtype=tl.float32)
+    for k0 in range(0, 2 * H, BK):  # input [x, h_old] against the packed [w_ih, w_hh]
+        ks = k0 + tl.arange(0, BK)
+        in_x = emit[:, None] & (ks < H)[None, :]
+        in_h = emit[:, None] & ((ks >= H) & (ks < 2 * H))[None, :]
+        v = tl.load(x_base + x_rows[:, None] + ks[None, :], mask=in_x, other=0.0)
+        v += tl.load(h_ptr + rows[:, None] * H + (ks - H)[None, :], mask=in_h, other=0.0)
+        w_mask = h_ok[:, None] & (ks < 2 * H)[None, :]
+        w_rows = w_ptr + hs[:, None] * (2 * H) + ks[None, :]
+        gate = 2 * H * H  # elements per gate block of the packed weight
+        w = tl.load(w_rows, mask=w_mask, other=0.0)
+        acc_i += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+        w = tl.load(w_rows + gate, mask=w_mask, other=0.0)
+        acc_f += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+        w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0)
+        acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+        w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0)
+        acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+    i = tl.sigmoid(acc_i + tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :])
+    f = tl.sigmoid(acc_f + tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :])
+    g = _tanh(acc_g + tl.load(b_ptr + 2 * H + hs, mask=h_ok, other=0.0)[None, :])
+    o = tl.sigmoid(acc_o + tl.load(b_ptr + 3 * H + hs, mask=h_ok, other=0.0)[None, :])
+    state = rows[:, None] * H + hs[None, :]
+    m = emit[:, None] & h_ok[None, :]
+    c = f * tl.load(c_ptr + state, mask=m, other=0.0) + i * g
+    tl.store(c_out_ptr + state, c, mask=m)
+    tl.store(h_out_ptr + state, o * _tanh(c), mask=m)
+
+
+@triton.jit
+def _bookkeeping(
+    rows, row_ok, sel_ptr, time_ptr, len_ptr, steps_ptr, count_ptr, on_frame_ptr,
+    last_frame_ptr, out_ptr, CAP, MAX_SYMBOLS,
+):  # fmt: skip
+    """StepDecoder.step's integer updates for the rows of one block."""
+    label = tl.load(sel_ptr + rows * 3, mask=row_ok, other=0)
+    dur = tl.load(sel_ptr + rows * 3 + 1, mask=row_ok, other=0)
+    emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
+    time = tl.load(time_ptr + rows, mask=row_ok, other=0)
+    frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    active = time < frames
+    steps = tl.load(steps_ptr + rows, mask=row_ok, other=0)
+    tl.store(steps_ptr + rows, steps + active.to(tl.int64), mask=row_ok)
+    count = tl.load(count_ptr + rows, mask=row_ok, other=0)
+    slot = out_ptr + (rows.to(tl.int64) * CAP + tl.minimum(count, CAP - 1)) * 3
+    tl.store(slot, label, mask=row_ok)
+    tl.store(slot + 1, time, mask=row_ok)
+    tl.store(slot + 2, dur, mask=row_ok)
+    tl.store(count_ptr + rows, count + emit.to(tl.int64), mask=row_ok)
+    on_frame = tl.load(on_frame_ptr + rows, mask=row_ok, other=0)
+    last_frame = tl.load(last_frame_ptr + rows, mask=row_ok, other=0)
+    on_frame = tl.where(emit, tl.where(last_frame == time, on_frame + 1, 1), on_frame)
+    last_frame = tl.where(emit, time, last_frame)
+    tl.store(on_frame_ptr + rows, on_frame, mask=row_ok)
+    tl.store(last_frame_ptr + rows, last_frame, mask=row_ok)
+    new_time = time + dur * active.to(tl.int64)
+    capped = emit & (new_time < frames) & (on_frame >= MAX_SYMBOLS) & (last_frame == new_time)
+    tl.store(time_ptr + rows, new_time + capped.to(tl.int64), mask=row_ok)
+
+
+@triton.jit
+def _project_kernel(
+    w_ptr, bias_ptr, pred_ptr, h_new_ptr, c_new_ptr, h_ptr, c_ptr,
+    sel_ptr, time_ptr, len_ptr, steps_ptr, count_ptr, on_frame_ptr, last_frame_ptr, out_ptr,
+    B, H, J, L, CAP, MAX_SYMBOLS,
+    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    row_ok = rows < B
+    if tl.program_id(0) == 0:
+        _bookkeeping(
+            rows, row_ok, sel_ptr, time_ptr, len_ptr, steps_ptr, count_ptr, on_frame_ptr,
+            last_frame_ptr, out_ptr, CAP, MAX_SYMBOLS,
+        )  # fmt: skip
+    emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
+    if tl.max(emit.to(tl.int32), axis=0) == 0:
+        return
+    js = tl.program_id(0) * BJ + tl.arange(0, BJ)
+    j_ok = js < J
+    last = h_new_ptr + (L - 1) * B * H  # the new output of the top layer
+    acc = tl.zeros([BB, BJ], dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_ok = ks < H
+        v = tl.load(
+            last + rows[:, None] * H + ks[None, :], mask=emit[:, None] & k_ok[None, :], other=0.0
+        )
+        w_mask = j_ok[:, None] & k_ok[None, :]
+        w = tl.load(w_ptr + js[:, None] * H + ks[None, :], mask=w_mask, other=0.0)
+        acc += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+    acc += tl.load(bias_ptr + js, mask=j_ok, other=0.0)[None, :]
+    tl.store(pred_ptr + rows[:, None] * J + js[None, :], acc, mask=emit[:, None] & j_ok[None, :])
+    # Commit: the programs share the copy of the emitting rows' new (h, c), all layers.
+    stride = tl.num_programs(0) * BC
+    for s0 in range(tl.program_id(0) * BC, L * H, stride):
+        cols = s0 + tl.arange(0, BC)
+        offs = (cols // H)[None, :] * (B * H) + rows[:, None] * H + (cols % H)[None, :]
+        m = emit[:, None] & (cols < L * H)[None, :]
+        tl.store(h_ptr + offs, tl.load(h_new_ptr + offs, mask=m), mask=m)
+        tl.store(c_ptr + offs, tl.load(c_new_ptr + offs, mask=m), mask=m)
+
+
+class Launch(NamedTuple):
+    """One kernel launch of a step, with every argument bound to the machine's buffers."""
+
+    kernel: Any
+    grid: tuple[int, int]
+    args: tuple[Any, ...]
+    consts: dict[str, Any]
+
+
+class TritonStepDecoder(StepDecoder):
+    """A StepDecoder whose ``step`` runs as 2 + L Triton kernels (see the module doc)."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        joint: Joint,
+        batch: int,
+        max_frames: int,
+        durations: tuple[int, ...],
+        max_symbols: int,
+        device: torch.device,
+        config: TritonConfig | None = None,
+    ) -> None:
+        super().__init__(decoder, joint, batch, max_frames, durations, max_symbols, device)
+        self.config = config or TritonConfig()
+        out = joint.joint_net[2]
+        assert isinstance(out, torch.nn.Linear)
+        with torch.no_grad():
+            self.w_out = out.weight.detach().to(device, torch.float32).contiguous()
+            self.b_out = out.bias.detach().to(device, torch.float32).contiguous()
+            self.w_pred = joint.pred.weight.detach().to(device, torch.float32).contiguous()
+            self.b_pred = joint.pred.bias.detach().to(device, torch.float32).contiguous()
+            embed = decoder.prediction.embed.weight
+            self.embed = embed.detach().to(device, torch.float32).contiguous()
+            # Per layer: [w_ih | w_hh] as one [4H, 2H] matrix and b_ih + b_hh.
+            self.w_lstm = [
+                torch.cat((w_ih, w_hh), dim=1).detach().to(device, torch.float32).contiguous()
+                for w_ih, w_hh, _, _ in self.lstm.layers
+            ]
+            self.b_lstm = [
+                (b_ih + b_hh).detach().to(device, torch.float32).contiguous()
+                for _, _, b_ih, b_hh in self.lstm.layers
+            ]
+        self.num_outputs = self.w_out.shape[0]
+        self.logits = torch.zeros(batch, self.num_outputs, device=device)
+        self.sel = torch.zeros(batch, 3, dtype=torch.long, device=device)  # label, duration, emit
+        self.h_new = torch.zeros_like(self.h)
+        self.c_new = torch.zeros_like(self.c)
+        self._launches = self._plan()
+
+    def _plan(self) -> list[Launch]:
+        """The step's kernel launches, fixed for the machine's life (graph capture needs that)."""
+        cfg, b = self.config, self.batch
+        bb = cfg.rows(b)
+        row_blocks = triton.cdiv(b, bb)
+        hidden, layers, pred_hidden = self.enc_proj.shape[2], self.h.shape[0], self.h.shape[2]
+        outputs, labels = self.num_outputs, self.num_labels
+        args: tuple[Any, ...] = (self.enc_proj, self.pred_proj, self.w_out, self.b_out)
+        args += (self.time, self.lengths, self.logits, b, self.max_frames, hidden, outputs)
+        consts: dict[str, Any] = dict(BB=bb, BN=cfg.block_n)
+        consts["BK"] = cfg.block_k(bb, cfg.block_n, hidden)
+        plan = [
+            Launch(_joint_kernel, (triton.cdiv(outputs, cfg.block_n), row_blocks), args, consts)
+        ]
+        for layer in range(layers):
+            args = (self.logits, self.time, self.lengths, self.durations, self.embed)
+            args += (self.h_new[max(layer - 1, 0)], self.h[layer], self.c[layer])
+            args += (self.w_lstm[layer], self.b_lstm[layer], self.h_new[layer], self.c_new[layer])
+            args += (self.sel, b, pred_hidden, outputs, labels, outputs - labels, self.blank)
+            consts = dict(FIRST=layer == 0, BB=bb, BH=cfg.block_h)
+            consts["BK"] = cfg.block_k(bb, cfg.block_h, 2 * pred_hidden)
+            consts["BL"] = min(triton.next_power_of_2(labels), max(16, 2048 // bb))
+            consts["BD"] = triton.next_power_of_2(outputs - labels)
+            grid = (triton.cdiv(pred_hidden, cfg.block_h), row_blocks)
+            plan.append(Launch(_lstm_kernel, grid, args, consts))
+        args = (self.w_pred, self.b_pred, self.pred_proj, self.h_new, self.c_new, self.h, self.c)
+        args += (self.sel, self.time, self.lengths, self.steps, self.count, self.on_frame)
+        args += (self.last_frame, self.out, b, pred_hidden, hidden, layers, self.capacity)
+        args += (self.max_symbols,)
+        consts = dict(BB=bb, BJ=cfg.block_j, BC=max(16, 1024 // bb))
+        consts["BK"] = cfg.block_k(bb, cfg.block_j, pred_hidden)
+        grid = (triton.cdiv(hidden, cfg.block_j), row_blocks)
+        plan.append(Launch(_project_kernel, grid, args, consts))
+        return plan
+
+    def step(self) -> None:
+        """One joint evaluation per row, with every consequence applied in place."""
+        for launch in self._launches:
+            launch.kernel[launch.grid](
+                *launch.args, **launch.consts, num_warps=self.config.num_warps
+            )

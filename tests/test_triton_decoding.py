@@ -1,0 +1,186 @@
+"""TritonStepDecoder against StepDecoder: the same buffers after every step, the same transcripts.
+
+Runs where Triton can run: on CUDA, or on the CPU with TRITON_INTERPRET=1 (Triton's interpreter,
+set before Python starts). Elsewhere (the project's CI has no Triton) the module is skipped.
+Integer state must be equal; floats may differ by summation order (Triton's reductions are not
+cuBLAS's), so they are compared with a tolerance. Each scenario also checks, on the reference,
+that it really exercises the rules it is meant to cover (blank with duration 0, the max-symbols
+cap, a row of length 0, rows finishing at different steps), so a change of the synthetic weights
+cannot make it vacuous.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not (torch.cuda.is_available() or INTERPRET):
+    pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+from budgie.decoding import Hypothesis  # noqa: E402
+from budgie.gpu_decoding import GraphedStepDecoder, StepDecoder, decode_with_steps  # noqa: E402
+from budgie.model import ParakeetTDT  # noqa: E402
+from budgie.triton_decoding import TritonConfig, TritonStepDecoder  # noqa: E402
+from conftest import SynthModels  # noqa: E402
+
+# The interpreter runs on host memory (and cannot be captured in a CUDA graph): CPU tensors only.
+DEVICES = ["cpu"] if INTERPRET else ["cuda"]
+# The default tiling, and a coarse one (fewer, larger programs; 2 rows per program so a batch
+# of 3 spans two row blocks with a partial one).
+CONFIGS = {
+    "default": TritonConfig(),
+    "coarse": TritonConfig(block_b=2, block_n=64, block_h=16, block_j=32, tile=8192),
+}
+INT_STATE = ("out", "count", "steps", "time", "on_frame", "last_frame")
+FLOAT_STATE = ("h", "c", "pred_proj")
+MAX_SYMBOLS = 2  # small, so that the cap is reached
+
+
+@dataclass
+class Coverage:
+    """What the reference machine did in a scenario."""
+
+    blank_duration_0: int = 0
+    capped: int = 0
+    emitted: int = 0
+    finished_at: dict[int, int] = field(default_factory=dict)  # row -> step it went inactive
+
+
+def network(synth_models: SynthModels, device: str) -> ParakeetTDT:
+    net = synth_models.model("tiny").network
+    return net if device == "cpu" else copy.deepcopy(net).to(device)
+
+
+def machines(
+    net: ParakeetTDT, batch: int, frames: int, device: str, config: TritonConfig
+) -> tuple[StepDecoder, TritonStepDecoder]:
+    dev = torch.device(device)
+    durations = net.cfg.decoding.durations
+    ref = StepDecoder(net.decoder, net.joint, batch, frames, durations, MAX_SYMBOLS, dev)
+    tri = TritonStepDecoder(
+        net.decoder, net.joint, batch, frames, durations, MAX_SYMBOLS, dev, config
+    )
+    return ref, tri
+
+
+def random_enc_proj(
+    net: ParakeetTDT, lengths: list[int], frames: int, scale: float, seed: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    enc = torch.randn(len(lengths), frames, net.cfg.joint.joint_hidden, generator=gen) * scale
+    return enc.to(device), torch.tensor(lengths, device=device)
+
+
+def observe(ref: StepDecoder, cover: Coverage, step: int) -> None:
+    """Run one reference step, recording which rules it applied."""
+    active = ref.time < ref.lengths
+    frame = torch.minimum(ref.time, (ref.lengths - 1).clamp(min=0))
+    logits = ref.joint.logits(ref.enc_proj[ref.rows, frame], ref.pred_proj)
+    label = logits[:, : ref.num_labels].argmax(dim=-1)
+    duration_index = logits[:, ref.num_labels :].argmax(dim=-1)
+    blank0 = active & (label == ref.blank) & (ref.durations[duration_index] == 0)
+    cover.blank_duration_0 += int(blank0.sum())
+    time, count = ref.time.clone(), ref.count.clone()
+    ref.step()
+    emit = ref.count > count
+    duration = ref.out[ref.rows, count.clamp(max=ref.capacity - 1), 2]
+    cover.capped += int((emit & (ref.time == time + duration + 1)).sum())
+    cover.emitted += int(emit.sum())
+    for row in torch.nonzero(active & (ref.time >= ref.lengths)).flatten().tolist():
+        cover.finished_at[row] = step
+
+
+def assert_same_state(ref: StepDecoder, tri: TritonStepDecoder, step: int) -> None:
+    for name in INT_STATE:
+        want, got = getattr(ref, name), getattr(tri, name)
+        assert torch.equal(want, got), f"step {step}: {name}\n{want}\n{got}"
+    for name in FLOAT_STATE:
+        want, got = getattr(ref, name), getattr(tri, name)
+        err = float((want - got).abs().max())
+        assert torch.allclose(want, got, rtol=1e-5, atol=1e-5), f"step {step}: {name} {err}"
+
+
+# (lengths, enc_proj scale, seed): chosen so that each covers every rule (asserted below).
+SCENARIOS = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0)]
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize(("lengths", "scale", "seed"), SCENARIOS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_step_matches_the_torch_step(
+    synth_models: SynthModels,
+    device: str,
+    lengths: list[int],
+    scale: float,
+    seed: int,
+    config: str,
+) -> None:
+    net = network(synth_models, device)
+    frames = max(lengths)
+    ref, tri = machines(net, len(lengths), frames, device, CONFIGS[config])
+    enc, lens = random_enc_proj(net, lengths, frames, scale, seed, device)
+    cover = Coverage()
+    with torch.inference_mode():
+        ref.reset(enc, lens)
+        tri.reset(enc, lens)
+        step = 0
+        while ref.any_active() or step < 2 + max(cover.finished_at.values(), default=0):
+            observe(ref, cover, step)  # runs on after the end: idle steps must match too
+            tri.step()
+            assert_same_state(ref, tri, step)
+            step += 1
+        assert not tri.any_active()
+    assert cover.blank_duration_0 > 0 and cover.capped > 0 and cover.emitted >= 4, cover
+    assert sorted(cover.finished_at) == [row for row, n in enumerate(lengths) if n > 0]
+    if len(lengths) > 1:
+        assert len(set(cover.finished_at.values())) > 1, cover  # rows end at different steps
+
+
+def outcome(hyps: list[Hypothesis]) -> list[tuple[list[int], list[int], list[int], int]]:
+    return [(h.token_ids, h.frames, h.durations, h.steps) for h in hyps]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_full_decode_gives_the_torch_hypotheses(synth_models: SynthModels, device: str) -> None:
+    """decode_with_steps on two batches in a row (the machine is reused: reset must suffice),
+    with the network's own max_symbols; on CUDA also through GraphedStepDecoder."""
+    net = network(synth_models, device)
+    batch, frames = 4, 20
+    dev = torch.device(device)
+    ref = StepDecoder.for_network(net, batch, frames, dev)
+    tri = TritonStepDecoder.for_network(net, batch, frames, dev)
+    assert isinstance(tri, TritonStepDecoder) and tri.max_symbols == ref.max_symbols
+    if INTERPRET:  # fewer, larger programs: the interpreter runs them one by one
+        cfg = net.cfg.decoding
+        coarse = CONFIGS["coarse"]
+        tri = TritonStepDecoder(
+            net.decoder, net.joint, batch, frames, cfg.durations, cfg.max_symbols, dev, coarse
+        )
+    graphed = GraphedStepDecoder(tri) if device == "cuda" else None
+    for lengths, seed in (([20, 9, 0, 13], 1), ([5, 20], 2)):
+        enc, lens = random_enc_proj(net, lengths, max(lengths), 1.5, seed, device)
+        want = decode_with_steps(ref, enc, lens, None)
+        got = decode_with_steps(tri, enc, lens, graphed)
+        assert outcome(got) == outcome(want)
+        assert sum(len(h.token_ids) for h in want) >= 10
+        assert all(h.steps > 0 for h, n in zip(want, lengths, strict=True) if n > 0)
+
+
+@pytest.mark.parametrize(
+    ("batch", "rows"), [(1, 1), (3, 4), (8, 8), (32, 8)]
+)  # rows per program: a power of two, at most block_b
+def test_rows_per_program(batch: int, rows: int) -> None:
+    assert TritonConfig().rows(batch) == rows
+
+
+@pytest.mark.parametrize(
+    ("rows", "outputs", "k", "block"), [(1, 4, 1280, 1024), (8, 4, 1280, 128), (8, 8, 8, 8)]
+)
+def test_reduction_block_fits_the_tile(rows: int, outputs: int, k: int, block: int) -> None:
+    assert TritonConfig().block_k(rows, outputs, k) == block
