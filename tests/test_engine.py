@@ -25,6 +25,7 @@ from budgie.encoder import ConvolutionModule, rel_shift, relative_positions
 from budgie.errors import AudioError
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
 from budgie.model import ParakeetTDT
+from budgie.pipeline import input_windows
 from budgie.results import Transcript, TranscriptionError
 from conftest import SynthModels
 from parity_goldens import AUDIO_DIR
@@ -369,3 +370,13 @@ def test_pipeline_reports_the_too_long_input_and_transcribes_the_rest(
     assert "3600.0 s" in results[1].error
     with pytest.raises(AudioError, match=re.escape("3600.0 s")):
         model.transcribe(hour)
+
+
+@pytest.mark.parametrize(
+    ("count", "batch_size", "sizes"),
+    [(0, 4, []), (3, 4, [3]), (10, 4, [4, 6]), (200, 1, [64, 64, 64, 8]), (300, 64, [64, 236])],
+)
+def test_input_windows_start_with_one_batch(count: int, batch_size: int, sizes: list[int]) -> None:
+    windows = input_windows(count, batch_size)
+    assert [len(w) for w in windows] == sizes
+    assert [i for w in windows for i in w] == list(range(count))

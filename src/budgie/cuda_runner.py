@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from typing import cast
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -89,14 +90,47 @@ class _FrontendGraph:
 
         _capture(self.graph, frontend)
 
-    def run(self, audio: Tensor, num_samples: Tensor) -> tuple[Tensor, Tensor]:
-        b, n = audio.shape
+    def run(self, rows: list[np.ndarray], staging: PinnedStaging) -> tuple[Tensor, Tensor]:
+        """Each row is copied from pinned memory into its slot of the graph's input: no padded
+        host array is built and the copies run asynchronously."""
         self.audio.zero_()
-        self.audio[:b, :n].copy_(audio, non_blocking=True)
-        self.num_samples.zero_()
-        self.num_samples[:b].copy_(num_samples, non_blocking=True)
+        host = staging.hold(sum(len(r) for r in rows))
+        offset = 0
+        for row, samples in enumerate(rows):
+            n = len(samples)
+            host[offset : offset + n].numpy()[:] = samples
+            self.audio[row, :n].copy_(host[offset : offset + n], non_blocking=True)
+            offset += n
+        counts = [len(r) for r in rows] + [0] * (self.audio.shape[0] - len(rows))
+        self.num_samples.copy_(torch.tensor(counts), non_blocking=True)
+        staging.release()
         self.graph.replay()
-        return self.features[:b], self.lengths[:b]
+        return self.features[: len(rows)], self.lengths[: len(rows)]
+
+
+class PinnedStaging:
+    """A reusable page-locked host buffer for host-to-GPU copies of audio.
+
+    ``hold`` waits until the copies issued from the previous hold have finished, so the buffer
+    is never overwritten while the GPU still reads it; it grows (doubling) as needed.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = torch.empty(0)
+        self._copied: torch.cuda.Event | None = None
+
+    def hold(self, numel: int) -> Tensor:
+        if self._copied is not None:
+            self._copied.synchronize()
+        if self._buffer.numel() < numel:
+            size = max(numel, 2 * self._buffer.numel())
+            self._buffer = torch.empty(size, dtype=torch.float32, pin_memory=True)
+        return self._buffer[:numel]
+
+    def release(self) -> None:
+        """Mark the end of the copies from the held buffer (on the current stream)."""
+        self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        self._copied.record()
 
 
 class _EncoderGraph:
@@ -147,6 +181,7 @@ class CudaRunner:
         self.compile_encoder = compile_encoder
         self._layer_runner: LayerRunner | None = None
         self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
+        self._staging = PinnedStaging()
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
         self._uses: dict[tuple[str, int, int], int] = {}
@@ -157,19 +192,24 @@ class CudaRunner:
         uses = self._uses[counter] = self._uses.get(counter, 0) + 1
         return self.use_graphs and uses >= 2
 
-    def preprocess(self, audio: Tensor, num_samples: Tensor) -> tuple[Tensor, Tensor]:
-        """Waveforms [B, N] (host or device) -> features and lengths on the GPU."""
+    def preprocess(self, rows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+        """Host waveforms (float32, one array per input) -> features and lengths on the GPU."""
         net = self.network
         hop = net.cfg.preprocessor.hop_length
-        key = (bucket_batch(audio.shape[0]), samples_bucket(audio.shape[1], hop))
+        longest = max(1, *(len(r) for r in rows))
+        key = (bucket_batch(len(rows)), samples_bucket(longest, hop))
         graph = self._frontends.get(key)
         if graph is None and self._graph_now("frontend", key):
             graph = self._frontends[key] = _FrontendGraph(net, *key)
-        if graph is None:
-            device = next(net.parameters()).device
-            features, lengths = net.preprocessor(audio.to(device), num_samples.to(device))
-            return features, lengths
-        return graph.run(audio, num_samples)
+        if graph is not None:
+            return graph.run(rows, self._staging)
+        device = next(net.parameters()).device
+        audio = torch.zeros(len(rows), longest)
+        for row, samples in enumerate(rows):
+            audio[row, : len(samples)] = torch.from_numpy(samples)
+        num_samples = torch.tensor([len(r) for r in rows])
+        features, lengths = net.preprocessor(audio.to(device), num_samples.to(device))
+        return features, lengths
 
     def encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         net = self.network

@@ -5,14 +5,20 @@ length when ``batch_size > 1`` so padding stays small, results returned in input
 input that fails (unreadable, too long) becomes a ``TranscriptionError`` record and the others
 are still transcribed. Phases: load_audio (per input), preprocess, encode and decode (per batch,
 shared by its members), tokenize (per input); total is their sum for the input.
+
+Three kinds of threads overlap: loader threads decode audio one window ahead, the calling thread
+runs the model batch by batch, and one text thread turns a batch's hypotheses into Transcripts
+while the next batch runs on the GPU.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import cast, overload
 
 import numpy as np
@@ -47,6 +53,26 @@ def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
     for row, samples in enumerate(arrays):
         out[row, : len(samples)] = samples
     return out
+
+
+def input_windows(count: int, batch_size: int) -> list[range]:
+    """Consecutive index windows: audio of a window is decoded while the previous one runs.
+    The first window is one batch, so the GPU starts after one batch of files, not a window;
+    later ones hold several batches (sorting by length inside a window keeps padding small)."""
+    window = max(MIN_WINDOW, batch_size * 4)
+    bounds = [0, min(count, batch_size if batch_size > 1 else window)]
+    while bounds[-1] < count:
+        bounds.append(min(count, bounds[-1] + window))
+    return [range(a, b) for a, b in pairwise(bounds)] if count else []
+
+
+@dataclass
+class _Inferred:
+    """What the model gives for a batch: hypotheses, encoder frames, batch phase times."""
+
+    hyps: list[Hypothesis]
+    frames: list[int]
+    phase_ms: dict[str, float]
 
 
 @dataclass
@@ -145,24 +171,46 @@ class Model:
         confidence: bool,
         progress: ProgressCallback | None,
     ) -> list[Result]:
+        """Loader threads decode audio a window ahead; the calling thread runs the model; one
+        text thread turns each batch's hypotheses into Transcripts while the next batch runs."""
         results: list[Result | None] = [None] * len(inputs)
         done = 0
-        window = max(MIN_WINDOW, batch_size * 4)
-        starts = range(0, len(inputs), window)
+        finishing: deque[tuple[list[_Loaded], Future[list[Transcript]]]] = deque()
+
+        def settle(wait: bool) -> None:
+            nonlocal done
+            while finishing and (wait or finishing[0][1].done()):
+                batch, future = finishing.popleft()
+                for item, result in zip(batch, future.result(), strict=True):
+                    results[item.index] = result
+                done += len(batch)
+                if progress:
+                    progress(done)
+
+        windows = input_windows(len(inputs), batch_size)
         workers = min(LOAD_THREADS, max(1, len(inputs)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="budgie-load") as pool:
+        with (
+            ThreadPoolExecutor(workers, thread_name_prefix="budgie-load") as loaders,
+            ThreadPoolExecutor(1, thread_name_prefix="budgie-text") as text,
+        ):
 
-            def submit(first: int) -> list[Future[_Loaded | TranscriptionError]]:
-                chunk = range(first, min(first + window, len(inputs)))
-                return [pool.submit(self._load_one, i, inputs[i]) for i in chunk]
+            def finish(batch: list[_Loaded], inferred: _Inferred) -> Future[list[Transcript]]:
+                if len(inputs) == 1:  # nothing to overlap with: no thread hand-off
+                    future: Future[list[Transcript]] = Future()
+                    future.set_result(self._finish_batch(batch, inferred, timestamps))
+                    return future
+                return text.submit(self._finish_batch, batch, inferred, timestamps)
 
-            pending = submit(0) if inputs else []
-            for number, _first in enumerate(starts):
+            def submit(window: range) -> list[Future[_Loaded | TranscriptionError]]:
+                return [loaders.submit(self._load_one, i, inputs[i]) for i in window]
+
+            pending = submit(windows[0]) if windows else []
+            for number, window in enumerate(windows):
                 current = [f.result() for f in pending]
-                if number + 1 < len(starts):  # decode the next window while this one computes
-                    pending = submit(starts[number + 1])
+                if number + 1 < len(windows):  # decode the next window while this one computes
+                    pending = submit(windows[number + 1])
                 loaded: list[_Loaded] = []
-                for index, item in zip(range(_first, _first + len(current)), current, strict=True):
+                for index, item in zip(window, current, strict=True):
                     if isinstance(item, TranscriptionError):
                         results[index] = item
                         done += 1
@@ -172,13 +220,9 @@ class Model:
                     loaded.sort(key=lambda item: len(item.samples))
                 for start in range(0, len(loaded), batch_size):
                     batch = loaded[start : start + batch_size]
-                    for item, result in zip(
-                        batch, self._transcribe_batch(batch, timestamps, confidence), strict=True
-                    ):
-                        results[item.index] = result
-                    done += len(batch)
-                    if progress:
-                        progress(done)
+                    finishing.append((batch, finish(batch, self._infer_batch(batch, confidence))))
+                    settle(wait=False)
+            settle(wait=True)
         return [r for r in results if r is not None]
 
     def _load_one(self, index: int, source: AudioInput) -> _Loaded | TranscriptionError:
@@ -193,21 +237,23 @@ class Model:
         return _Loaded(index, describe_source(source), samples, clock.ms["load_audio"])
 
     @torch.inference_mode()
-    def _transcribe_batch(
-        self, batch: list[_Loaded], timestamps: bool, confidence: bool
-    ) -> list[Transcript]:
+    def _infer_batch(self, batch: list[_Loaded], confidence: bool) -> _Inferred:
         clock = PhaseClock(self.device, sync=self.sync_phases)
-        lengths = [len(item.samples) for item in batch]
         with clock.phase("preprocess"):
-            audio = torch.from_numpy(_stack_padded([item.samples for item in batch]))
-            features, feature_lengths = self._preprocess(audio, torch.tensor(lengths))
+            features, feature_lengths = self._preprocess_rows([item.samples for item in batch])
         with clock.phase("encode"):
             encoded, enc_lengths = self._encode(features, feature_lengths)
         with clock.phase("decode"):
             hyps = self._decode(encoded, enc_lengths, confidence)
-        frames = enc_lengths.tolist()
+        return _Inferred(hyps, enc_lengths.tolist(), dict(clock.ms))
+
+    def _finish_batch(
+        self, batch: list[_Loaded], inferred: _Inferred, timestamps: bool
+    ) -> list[Transcript]:
+        """Hypotheses -> Transcripts (text, timestamps, timings); runs in the text thread."""
+        phase_ms = inferred.phase_ms
         out = []
-        for item, hyp, n_frames in zip(batch, hyps, frames, strict=True):
+        for item, hyp, n_frames in zip(batch, inferred.hyps, inferred.frames, strict=True):
             tclock = PhaseClock(self.device, sync=False)
             with tclock.phase("tokenize"):
                 text, tokens, words, segments = build_text_and_timestamps(
@@ -220,9 +266,9 @@ class Model:
                 )
             timings = PhaseTimings(
                 load_audio_ms=item.load_ms,
-                preprocess_ms=clock.ms["preprocess"],
-                encode_ms=clock.ms["encode"],
-                decode_ms=clock.ms["decode"],
+                preprocess_ms=phase_ms["preprocess"],
+                encode_ms=phase_ms["encode"],
+                decode_ms=phase_ms["decode"],
                 tokenize_ms=tclock.ms["tokenize"],
             )
             timings.total_ms = (
@@ -248,13 +294,18 @@ class Model:
             )
         return out
 
+    def _preprocess_rows(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's waveforms -> features; on CUDA straight into the frontend's graph inputs."""
+        if self.cuda_runner is not None:
+            return self.cuda_runner.preprocess(rows)
+        audio = torch.from_numpy(_stack_padded(rows))
+        return self._preprocess(audio, torch.tensor([len(r) for r in rows]))
+
     def _preprocess(
         self, audio: torch.Tensor, num_samples: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Host waveforms -> log-mel features and lengths on the model's device (a backend
-        hook, like ``_encode``)."""
-        if self.cuda_runner is not None:
-            return self.cuda_runner.preprocess(audio, num_samples)
+        """Host waveforms [B, N] -> log-mel features and lengths on the model's device (a
+        backend hook, like ``_encode``)."""
         device = self.device
         features, lengths = self.network.preprocessor(audio.to(device), num_samples.to(device))
         return features, lengths

@@ -37,7 +37,7 @@ from budgie.bench.audioset import default_clips, load_manifest, write_clips
 from budgie.bench.hardware import device_label, hardware_profile, hardware_summary, utc_now
 from budgie.bench.wer import edit_distance, normalize_words, word_error_rate
 from budgie.errors import BudgieError
-from budgie.pipeline import Model, Result
+from budgie.pipeline import Model, Result, input_windows
 from budgie.progress import progress_bar
 from budgie.results import Transcript, TranscriptionError
 
@@ -283,8 +283,14 @@ def run_record(
 
 
 def _cold_rows(rows: list[int], results: list[Result], batch_size: int) -> set[int]:
-    """Rows of the first batch the model computed: the pipeline sorts by length when batched."""
-    done = [(row, r) for row, r in zip(rows, results, strict=True) if isinstance(r, Transcript)]
+    """Rows of the first batch the model computed: the inputs of the pipeline's first window
+    that loaded (sorted by length within the window when batched)."""
+    first = input_windows(len(rows), batch_size)[0] if rows else range(0)
+    done = [
+        (row, r)
+        for index, (row, r) in enumerate(zip(rows, results, strict=True))
+        if index in first and isinstance(r, Transcript)
+    ]
     if batch_size > 1:
         done.sort(key=lambda item: item[1].duration_s)
     return {row for row, _ in done[:batch_size]}
