@@ -71,11 +71,12 @@ def throughput(model: Model, files: list[str], batch: int) -> dict[str, Any]:
     return {"batch": batch, "wall_s": wall, "rtfx": audio / wall, "synced_phase_sums_ms": sums}
 
 
-def kernel_profile(model: Model, clip: str) -> dict[str, Any]:
+def kernel_profile(model: Model, clip: str | list[str], batch: int = 1) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        result = model.transcribe(clip)
+        results = model.transcribe(clip if isinstance(clip, list) else [clip], batch_size=batch)
+    result = next(r for r in results if isinstance(r, Transcript))
     kernels: dict[str, list[float]] = {}
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
@@ -147,6 +148,8 @@ def main() -> None:
             out["variants"][name] = {"error": traceback.format_exc()[-3000:]}
             print(f"[{name}] FAILED {exc!r}", flush=True)
     out["profile_b1"] = kernel_profile(model, clips[1])
+    print("batch 64:", flush=True)
+    out["profile_b64"] = kernel_profile(model, clips * 4, batch=64)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str))
 
 
