@@ -32,18 +32,26 @@ from budgie.pipeline import Model  # noqa: E402
 from budgie.results import Transcript  # noqa: E402
 from budgie.synth import synth_nemo  # noqa: E402
 
-VARIANTS = {
-    "graphs": {"compile_decoder": False, "compile_encoder": False},
-    "compile_decoder": {"compile_decoder": True, "compile_encoder": False},
-    "compile_both": {"compile_decoder": True, "compile_encoder": True},
+VARIANTS: dict[str, dict[str, Any]] = {
+    "graphs": {"compile_decoder": False, "compile_encoder": False, "triton": False},
+    "compile_decoder": {"compile_decoder": True, "compile_encoder": False, "triton": False},
+    "compile_both": {"compile_decoder": True, "compile_encoder": True, "triton": False},
+    "compile_both_triton": {"compile_decoder": True, "compile_encoder": True, "triton": True},
 }
+
+
+def runner(model: Model, compile_decoder: bool, compile_encoder: bool, triton: bool) -> CudaRunner:
+    made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
+    if not triton:
+        made.triton_decoder = None
+    return made
 
 
 def latency(model: Model, clips: list[str], repeats: int) -> dict[str, Any]:
     for _ in range(2):  # first use of a bucket runs eagerly, the second captures
         model.transcribe(clips)
     runs = [model.transcribe(c) for _ in range(repeats) for c in clips]
-    return phase_means(runs)
+    return {**phase_means(runs), "token_ids": [r.token_ids for r in runs[: len(clips)]]}
 
 
 def throughput(model: Model, files: list[str], batch: int) -> dict[str, Any]:
@@ -126,7 +134,7 @@ def main() -> None:
     for name in args.variants.split(","):
         t0 = time.perf_counter()
         try:
-            model.cuda_runner = CudaRunner(model.network, **VARIANTS[name])
+            model.cuda_runner = runner(model, **VARIANTS[name])
             entry: dict[str, Any] = {"latency_b1": latency(model, clips, args.repeats)}
             entry["warm_s"] = time.perf_counter() - t0
             entry["throughput"] = throughput(model, clips * args.copies, 64)
@@ -147,6 +155,19 @@ def main() -> None:
 
             out["variants"][name] = {"error": traceback.format_exc()[-3000:]}
             print(f"[{name}] FAILED {exc!r}", flush=True)
+    done = [v for v in out["variants"].values() if "latency_b1" in v]
+    for entry in done[1:]:  # same encoder kernels, so differences come from the decoder
+        entry["tokens_equal_to_first_variant"] = sum(
+            a == b
+            for a, b in zip(
+                done[0]["latency_b1"]["token_ids"], entry["latency_b1"]["token_ids"], strict=True
+            )
+        )
+        print(
+            "clips with tokens equal to the first variant:", entry["tokens_equal_to_first_variant"]
+        )
+    for entry in done:
+        entry["latency_b1"]["token_ids"] = "omitted"
     out["profile_b1"] = kernel_profile(model, clips[1])
     print("batch 64:", flush=True)
     out["profile_b64"] = kernel_profile(model, clips * 4, batch=64)

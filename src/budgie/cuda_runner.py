@@ -7,7 +7,8 @@ do not depend on the bucket) to keep the number of graphs small. Decoding replay
 ``STEPS_PER_GRAPH`` decoder steps (gpu_decoding.py) until every row is done.
 
 Graphs are captured lazily, the second time a shape bucket is seen (the first call runs eagerly,
-so a one-off transcript never pays for a capture), and kept for the life of the model. With
+so a one-off transcript never pays for a capture), and kept for the life of the model. Up to
+``TRITON_MAX_BATCH`` rows the captured decoder step is the Triton one (triton_decoding.py). With
 ``BUDGIE_COMPILE`` unset or 1 the decoder step is fused by torch.compile before capture: about
 10-20 s once per shape and machine (Inductor caches its kernels on disk); BUDGIE_COMPILE=0 skips
 it. A warm-up pass over representative lengths moves these costs out of measured runs.
@@ -32,6 +33,10 @@ from budgie.model import ParakeetTDT
 FEATURE_BUCKET = 128
 # Decoder machines hold this many encoder frames at a time (40 s); longer inputs get a larger one.
 DECODER_FRAMES = 512
+# Up to this batch the decoder step runs as Triton kernels (triton_decoding.py): measured on an
+# H100, 16 vs 49 us per step at batch 1, 60 vs 73 at 8, slower from 16 on
+# (benchmarks/results/gpu_decoder_micro_h100_2026-11-24.json).
+TRITON_MAX_BATCH = 8
 # Batch sizes are rounded up to these (extra rows have length 0 and are ignored).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -48,6 +53,17 @@ def samples_bucket(num_samples: int, hop: int) -> int:
     """Samples per frontend bucket: the STFT (center=True) of S samples has S // hop + 1
     frames, so S = K * hop - 1 gives exactly K = an encoder bucket's feature frames."""
     return bucket_frames(num_samples // hop + 1) * hop - 1
+
+
+def triton_step_decoder() -> type[StepDecoder] | None:
+    """The Triton step machine, or None without triton (CPU-only installs) or BUDGIE_TRITON=0."""
+    if os.environ.get("BUDGIE_TRITON", "1") == "0":
+        return None
+    try:
+        from budgie.triton_decoding import TritonStepDecoder
+    except ImportError:
+        return None
+    return TritonStepDecoder
 
 
 def compiled_layer_runner() -> LayerRunner:
@@ -179,6 +195,7 @@ class CudaRunner:
             compile_encoder = bool(wanted & {"1", "encoder"})
         self.compile_decoder = compile_decoder
         self.compile_encoder = compile_encoder
+        self.triton_decoder = triton_step_decoder()
         self._layer_runner: LayerRunner | None = None
         self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
         self._staging = PinnedStaging()
@@ -233,7 +250,11 @@ class CudaRunner:
         machine, graphed = self._decoders.get(key, (None, None))
         wants_graph = self._graph_now("decoder", key)
         if machine is None or (graphed is None and wants_graph):
-            machine = StepDecoder.for_network(net, batch, frames, enc_proj.device)
-            graphed = GraphedStepDecoder(machine, self.compile_decoder) if wants_graph else None
+            kind = StepDecoder
+            if wants_graph and self.triton_decoder is not None and batch <= TRITON_MAX_BATCH:
+                kind = self.triton_decoder
+            machine = kind.for_network(net, batch, frames, enc_proj.device)
+            fuse = self.compile_decoder and kind is StepDecoder  # Triton steps are fused already
+            graphed = GraphedStepDecoder(machine, fuse) if wants_graph else None
             self._decoders[key] = (machine, graphed)
         return decode_with_steps(machine, enc_proj, lengths, graphed)

@@ -45,10 +45,12 @@ class TritonConfig:
     hidden units (x4 gate rows) of an LSTM layer, or ``block_j`` prediction projections; its
     [rows, outputs, k] product tile has about ``tile`` elements (registers per thread)."""
 
+    # Defaults: the fastest tiling at batch 1 and 8 on an H100 (16 and 60 us per speech-like
+    # step; benchmarks/results/gpu_decoder_micro_h100_2026-11-24.json).
     block_b: int = 8
-    block_n: int = 8
-    block_h: int = 4
-    block_j: int = 4
+    block_n: int = 4
+    block_h: int = 2
+    block_j: int = 2
     tile: int = 4096
     num_warps: int = 4
 
