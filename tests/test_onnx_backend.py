@@ -19,6 +19,7 @@ import torch
 
 from budgie.api import load_model
 from budgie.backends import onnx_runtime
+from budgie.backends.onnx_fast import FAST_ENCODER_FILE, POSITIONS_FILE
 from budgie.backends.onnx_runtime import OnnxModel, tokenizer_from_pieces
 from budgie.cli import main
 from budgie.errors import BudgieError, ModelError
@@ -278,6 +279,8 @@ BAD_DIRS = {
 def test_bad_directory_is_one_clear_line(case: str, tiny_dir: Path, tmp_path: Path) -> None:
     damage, needle = BAD_DIRS[case]
     directory = copy_of(tiny_dir, tmp_path / "model")
+    for name in (FAST_ENCODER_FILE, POSITIONS_FILE):  # the standard graphs, as other exporters'
+        (directory / name).unlink()
     damage(directory)
     with pytest.raises(ModelError) as info:
         load_model(directory, backend="onnx")

@@ -80,6 +80,8 @@ def session(path: Path) -> ort.InferenceSession:
 def test_layout_files_vocab_and_config(tiny_dir: Path, synth_models: SynthModels) -> None:
     names = sorted(p.name for p in tiny_dir.iterdir())
     assert names == [
+        "budgie-encoder-fast.onnx",  # Budgie's own (budgie.backends.onnx_fast); others ignore it
+        "budgie-encoder-positions.onnx",
         "config.json",
         "decoder_joint-model.int8.onnx",
         "decoder_joint-model.onnx",

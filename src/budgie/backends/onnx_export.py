@@ -49,6 +49,7 @@ from budgie.backends import (
     write_config,
     write_vocab,
 )
+from budgie.backends.onnx_fast import FAST_ENCODER_FILE, POSITIONS_FILE, export_fast_encoder
 from budgie.encoder import INF_VAL, ConformerEncoder, ConformerLayer, time_mask
 from budgie.errors import BudgieError, ModelError
 from budgie.model import ParakeetTDT
@@ -149,6 +150,31 @@ class DecoderJointGraph(nn.Module):
         return logits, target_length, h, c
 
 
+def trace_to_file(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    traced: Path,
+    names: tuple[tuple[str, ...], tuple[str, ...]],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> None:
+    """Trace ``module`` (opset 17, legacy exporter) into ``traced``; big weights may land in
+    per-tensor files beside it."""
+    module.eval()  # the exporter restores the wrapper's mode afterwards: it must be eval already
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter, not for users
+        torch.onnx.export(
+            module,
+            args,
+            str(traced),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(names[0]),
+            output_names=list(names[1]),
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+
+
 def _export(
     module: nn.Module,
     args: tuple[Tensor, ...],
@@ -159,22 +185,9 @@ def _export(
     """Trace ``module`` into ``target``; weights go to ``<target>.data`` past protobuf's limit."""
     import onnx
 
-    module.eval()  # the exporter restores the wrapper's mode afterwards: it must be eval already
     with tempfile.TemporaryDirectory(dir=target.parent) as temp:
         traced = Path(temp) / target.name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer and deprecation chatter, not for users
-            torch.onnx.export(
-                module,
-                args,
-                str(traced),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=list(names[0]),
-                output_names=list(names[1]),
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-            )
+        trace_to_file(module, args, traced, names, dynamic_axes)
         weights = sum(f.stat().st_size for f in Path(temp).iterdir())
         if weights < EXTERNAL_DATA_THRESHOLD and not any(
             f.name != target.name for f in Path(temp).iterdir()
@@ -330,6 +343,9 @@ def export_network(
     files = [directory / ENCODER_FILE, directory / DECODER_JOINT_FILE]
     say("encoder")
     export_encoder(network, files[0])
+    say("encoder (Budgie's unpadded variant)")
+    export_fast_encoder(network.encoder, directory)
+    fast = [directory / FAST_ENCODER_FILE, directory / POSITIONS_FILE]
     say("decoder_joint")
     export_decoder_joint(network, files[1])
     write_vocab(directory / VOCAB_FILE, pieces)
@@ -340,7 +356,7 @@ def export_network(
         durations=cfg.decoding.durations,
         max_symbols=cfg.decoding.max_symbols,
     )
-    written = [*files, directory / VOCAB_FILE, directory / CONFIG_FILE]
+    written = [*files, *fast, directory / VOCAB_FILE, directory / CONFIG_FILE]
     if quantize:
         for source in files:
             say(f"quantize {source.name}")

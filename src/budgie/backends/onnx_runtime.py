@@ -42,6 +42,7 @@ from budgie.backends import (
     read_config,
     read_vocab,
 )
+from budgie.backends.onnx_fast import FAST_ENCODER_FILE, FastEncoder, load_fast_encoder
 from budgie.backends.onnx_graphs import DecoderParts, split_decoder_joint
 from budgie.config import (
     DecodingConfig,
@@ -300,6 +301,7 @@ class OnnxModel(Model):
         self.cfg = cfg
         self.quantization = quantization
         self.cpu_decoder = OnnxCpuDecoder(parts, cfg)
+        self.fast_encoder: FastEncoder | None = None  # see budgie.backends.onnx_fast
         self.files: dict[str, str] = {}
 
     @property
@@ -318,6 +320,8 @@ class OnnxModel(Model):
         return features, lengths
 
     def _encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        if self.fast_encoder is not None:
+            return self.fast_encoder.encode(features, lengths)
         outputs, encoded_lengths = self.encoder_session.run(
             list(ENCODER_OUTPUTS),
             {"audio_signal": features.numpy(), "length": lengths.numpy().astype(np.int64)},
@@ -331,8 +335,13 @@ def load_onnx_model(
     device: str | torch.device = "cpu",
     dtype: str | None = None,
     threads: int | None = None,
+    fast: bool = True,
 ) -> OnnxModel:
-    """Load an ONNX directory (or hub id) for CPU inference; ``dtype="int8"`` picks *.int8.onnx."""
+    """Load an ONNX directory (or hub id) for CPU inference; ``dtype="int8"`` picks *.int8.onnx.
+
+    A float directory written by Budgie also holds an encoder for unpadded inputs
+    (``budgie.backends.onnx_fast``), used unless ``fast=False``; same numbers, less work.
+    """
     if str(device) not in ("cpu", "auto"):
         raise BudgieError(f"the ONNX backend runs on the CPU (got device {device!r})")
     if dtype not in QUANTIZATIONS:
@@ -358,8 +367,22 @@ def load_onnx_model(
     pieces = read_vocab(directory / VOCAB_FILE)
     encoder_file = directory / quantized_name(ENCODER_FILE, quantization)
     joint_file = decoder_file(directory, quantization)
-    encoder = _session(ort, encoder_file, threads or physical_cores())
-    shapes = _check_encoder(encoder, encoder_file, onnx_cfg.features_size)
+    threads = threads or physical_cores()
+    fast_encoder = None
+    if fast and not quantization:
+        fast_encoder = load_fast_encoder(
+            directory,
+            lambda file, n: _session(ort, file, n),
+            threads,
+            onnx_cfg.features_size,
+            onnx_cfg.subsampling_factor,
+        )
+    if fast_encoder is not None:
+        encoder, encoder_file = fast_encoder.session, directory / FAST_ENCODER_FILE
+        shapes = _Shapes(onnx_cfg.features_size, fast_encoder.d_model)
+    else:
+        encoder = _session(ort, encoder_file, threads)
+        shapes = _check_encoder(encoder, encoder_file, onnx_cfg.features_size)
     _check_decoder_joint(_session(ort, joint_file, 1), joint_file, shapes.d_model)
     parts = split_decoder_joint(joint_file, session_options(1))
     num_outputs = parts.num_outputs
@@ -390,6 +413,7 @@ def load_onnx_model(
     )
     tokenizer = tokenizer_from_pieces(pieces, str(directory / VOCAB_FILE))
     model = OnnxModel(encoder, parts, cfg, tokenizer, str(source), quantization)
+    model.fast_encoder = fast_encoder
     model.files = {"encoder": encoder_file.name, "decoder_joint": joint_file.name}
     return model
 
