@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -149,9 +149,17 @@ class PinnedStaging:
         self._copied.record()
 
 
+class CompiledEncoder(NamedTuple):
+    """torch.compile'd pieces of the encoder: one conformer layer (shared by all layers) and
+    the subsampling, both with dynamic shapes so every length bucket reuses them."""
+
+    run_layer: LayerRunner
+    pre_encode: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
 class _EncoderGraph:
     def __init__(
-        self, network: ParakeetTDT, batch: int, frames: int, run_layer: LayerRunner | None
+        self, network: ParakeetTDT, batch: int, frames: int, compiled: CompiledEncoder | None
     ) -> None:
         cfg = network.cfg
         device = next(network.parameters()).device
@@ -159,9 +167,11 @@ class _EncoderGraph:
         self.lengths = torch.full((batch,), frames, device=device, dtype=torch.long)
         self.graph = torch.cuda.CUDAGraph()
 
+        run_layer, pre_encode = compiled if compiled is not None else (None, None)
+
         def encode() -> None:
             self.out, self.out_lengths = network.encoder(
-                self.features, self.lengths, always_mask=True, run_layer=run_layer
+                self.features, self.lengths, True, run_layer, pre_encode
             )
 
         _capture(self.graph, encode)
@@ -196,7 +206,7 @@ class CudaRunner:
         self.compile_decoder = compile_decoder
         self.compile_encoder = compile_encoder
         self.triton_decoder = triton_step_decoder()
-        self._layer_runner: LayerRunner | None = None
+        self._compiled: CompiledEncoder | None = None
         self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
         self._staging = PinnedStaging()
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
@@ -233,9 +243,10 @@ class CudaRunner:
         key = (bucket_batch(features.shape[0]), bucket_frames(features.shape[2]))
         graph = self._encoders.get(key)
         if graph is None and self._graph_now("encoder", key):
-            if self.compile_encoder and self._layer_runner is None:
-                self._layer_runner = compiled_layer_runner()
-            graph = self._encoders[key] = _EncoderGraph(net, *key, self._layer_runner)
+            if self.compile_encoder and self._compiled is None:
+                compiled_pre = torch.compile(net.encoder.pre_encode, dynamic=True)
+                self._compiled = CompiledEncoder(compiled_layer_runner(), compiled_pre)
+            graph = self._encoders[key] = _EncoderGraph(net, *key, self._compiled)
         if graph is None:
             encoded, enc_lengths = net.encoder(features, lengths)
             return encoded, enc_lengths
