@@ -11,6 +11,10 @@ reversed every other round) and the median round counts, because other processes
         -o benchmarks/results/cpu_compare.json
     python benchmarks/cpu_compare.py --micro --nemo full.nemo --onnx-dir full-onnx -o micro.json
 
+``--profile`` runs ONNX Runtime's profiler on the standard and on Budgie's unpadded encoder
+graph for one ~20 s clip and sums kernel time by op type (plus the ``linear_pos`` MatMuls and the
+subsampling), with the frontend and decode times of the same clip.
+
 ``--micro`` times the decoder's pieces instead: the joint step (torch vs numpy, 1 vs 2 threads),
 the prediction step (lstm_cell vs nn.LSTM vs ONNX Runtime), the frontend (1 vs 2 threads), and
 one batch of utterances decoded by the per-utterance fast loop vs the batched tensor decoder.
@@ -32,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGIE_SYSTEMS = ("budgie-torch-fp32", "budgie-onnx-fp32", "budgie-onnx-int8")
+# budgie-onnx-fp32 runs Budgie's unpadded encoder graph when the export has it
+# (budgie.backends.onnx_fast); -standard forces encoder-model.onnx, the graph onnx-asr runs.
+BUDGIE_SYSTEMS = (
+    "budgie-torch-fp32",
+    "budgie-onnx-fp32",
+    "budgie-onnx-fp32-standard",
+    "budgie-onnx-int8",
+)
 SYSTEMS = (*BUDGIE_SYSTEMS, "onnx-asr-fp32", "nemo-fp32")
 
 NEMO_WORKER = r"""
@@ -68,6 +79,14 @@ def main() -> int:
     parser.add_argument("--nemo-python", default="/work/nemo-venv/bin/python")
     parser.add_argument("--micro", action="store_true", help="decoder micro-benchmarks instead")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="ORT profile of both fp32 encoder graphs on one clip (--clip-index), by op type",
+    )
+    parser.add_argument(
+        "--clip-index", type=int, default=0, help="--profile: clip of the --clips set"
+    )
+    parser.add_argument(
         "--sensitivity",
         action="store_true",
         help="token agreement when noise is added to the fp32 encoder output (no timing)",
@@ -81,7 +100,7 @@ def main() -> int:
     if args.worker:
         print(json.dumps(run_worker(args.worker, args)))
         return 0
-    modes = {"sensitivity": sensitivity, "micro": micro}
+    modes = {"sensitivity": sensitivity, "micro": micro, "profile": profile}
     record = next((f for name, f in modes.items() if getattr(args, name)), compare)(args)
     record.update(provenance())
     text = json.dumps(record, indent=1)
@@ -140,6 +159,10 @@ def budgie_system(system: str, args: argparse.Namespace) -> tuple[Any, dict[str,
 
     if system == "budgie-torch-fp32":
         model = load_model(args.nemo, device="cpu", backend="torch")
+    elif system == "budgie-onnx-fp32-standard":
+        from budgie.backends.onnx_runtime import load_onnx_model
+
+        model = load_onnx_model(args.onnx_dir, fast=False)
     else:
         dtype = "int8" if system.endswith("int8") else "fp32"
         model = load_model(args.onnx_dir, backend="onnx", dtype=dtype)
@@ -159,7 +182,8 @@ def budgie_system(system: str, args: argparse.Namespace) -> tuple[Any, dict[str,
     if session is not None:
         threads["ort_encoder_intraop"] = session.get_session_options().intra_op_num_threads
         threads["ort_decoder_intraop"] = 1
-    return transcribe, {"threads": threads}
+    files = getattr(model, "files", {})
+    return transcribe, {"threads": threads, "graphs": files}
 
 
 def onnx_asr_system(directory: Path) -> tuple[Any, dict[str, Any]]:
@@ -226,6 +250,7 @@ def system_summary(result: dict[str, Any], audio_s: float, walls: list[float]) -
         "load_s": result["load_s"],
         "peak_rss_gib": result["peak_rss_bytes"] / 2**30,
         "threads": result.get("threads"),
+        "graphs": result.get("graphs"),
         "loadavg": [result["loadavg_before"], result["loadavg_after"]],
     }
     if result["runs"] and "timings" in result["runs"][0]:
@@ -390,6 +415,73 @@ def micro(args: argparse.Namespace) -> dict[str, Any]:
         }
     out["loadavg_after"] = os.getloadavg()
     return out
+
+
+def profile(args: argparse.Namespace, repeats: int = 4) -> dict[str, Any]:
+    import collections
+
+    import torch
+
+    from budgie.backends.onnx_runtime import OnnxModel, load_onnx_model, session_options
+    from budgie.bench.audioset import default_clips
+
+    clip = default_clips(args.clips)[args.clip_index]
+    out: dict[str, Any] = {"clip_s": clip.duration_s, "repeats": repeats}
+    out["loadavg_before"] = os.getloadavg()
+    for fast in (False, True):
+        model = load_onnx_model(args.onnx_dir, fast=fast)
+        assert isinstance(model, OnnxModel)
+        audio = torch.from_numpy(clip.samples)[None]
+        features, lengths = model._preprocess(audio, torch.tensor([audio.shape[1]]))
+        options = session_options(model.encoder_session.get_session_options().intra_op_num_threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "budgie-encoder")
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(
+            str(args.onnx_dir / model.files["encoder"]), options, providers=["CPUExecutionProvider"]
+        )
+        if model.fast_encoder is not None:
+            model.fast_encoder.session = session
+        else:
+            model.encoder_session = session
+        model._encode(features, lengths)  # warm-up (and the position table)
+        walls = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model._encode(features, lengths)
+            walls.append(time.perf_counter() - t0)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        kernels = [
+            e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+        ]
+        runs = repeats + 1
+        by_op: collections.Counter[str] = collections.Counter()
+        groups: collections.Counter[str] = collections.Counter()
+        for event in kernels:
+            by_op[event["args"]["op_name"]] += event["dur"]
+            name = event["name"]
+            groups["linear_pos MatMuls"] += event["dur"] if "linear_pos" in name else 0
+            groups["subsampling (pre_encode/conv)"] += (
+                event["dur"]
+                if "pre_encode" in name or name.startswith(("/conv/", "/out/", "Reorder"))
+                else 0
+            )
+        total = sum(by_op.values())
+        timing = model.transcribe(clip.samples).timings
+        out["fast" if fast else "standard"] = {
+            "graph": model.files["encoder"],
+            "encode_wall_ms_median": statistics.median(walls) * 1e3,
+            "kernel_ms_per_run": total / runs / 1e3,
+            "by_op_ms": {op: d / runs / 1e3 for op, d in by_op.most_common()},
+            "by_op_share": {op: d / total for op, d in by_op.most_common()},
+            "groups_ms": {g: d / runs / 1e3 for g, d in groups.items()},
+            "pipeline_ms": {
+                k: getattr(timing, k) for k in ("preprocess_ms", "encode_ms", "decode_ms")
+            },
+        }
+    out["loadavg_after"] = os.getloadavg()
+    return {"profile": out}
 
 
 def sensitivity(args: argparse.Namespace) -> dict[str, Any]:
