@@ -1,0 +1,62 @@
+"""The CUDA runner's host-side logic, testable without a GPU: buckets and the Triton switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from budgie import cuda_runner
+from budgie.cuda_runner import FEATURE_BUCKET, bucket_batch, bucket_frames, samples_bucket
+from budgie.frontend import MelFeaturizer
+from conftest import SynthModels
+
+HOP = 160
+
+
+@pytest.mark.parametrize("num_samples", [1, 159, 160, 20479, 20480, 20481, 16000 * 19 + 7])
+def test_samples_bucket_gives_exactly_an_encoder_bucket_of_frames(num_samples: int) -> None:
+    samples = samples_bucket(num_samples, HOP)
+    assert samples >= num_samples
+    stft_frames = samples // HOP + 1  # torch.stft with center=True
+    assert stft_frames % FEATURE_BUCKET == 0
+    assert bucket_frames(stft_frames) == stft_frames
+    assert num_samples // HOP < stft_frames  # every valid feature frame is inside
+
+
+def test_batch_buckets() -> None:
+    assert [bucket_batch(b) for b in (1, 2, 3, 5, 8, 9, 64, 65)] == [1, 2, 4, 8, 8, 16, 64, 128]
+
+
+def test_bucketed_frontend_equals_unbucketed_on_valid_frames(synth_models: SynthModels) -> None:
+    """What the frontend graph relies on: zero samples past an input's length change none of
+    its valid feature frames."""
+    featurizer = synth_models.model("tiny").network.preprocessor.featurizer
+    assert isinstance(featurizer, MelFeaturizer)
+    rng = np.random.default_rng(0)
+    audio = torch.from_numpy(rng.standard_normal(16000 * 2 + 37).astype(np.float32))
+    n = torch.tensor([audio.shape[0]])
+    with torch.inference_mode():
+        exact, exact_len = featurizer(audio[None], n)
+        padded = torch.zeros(1, samples_bucket(audio.shape[0], HOP))
+        padded[0, : audio.shape[0]] = audio
+        bucketed, bucketed_len = featurizer(padded, n)
+    valid = int(exact_len[0])
+    assert int(bucketed_len[0]) == valid
+    assert bucketed.shape[2] % FEATURE_BUCKET == 0
+    assert torch.allclose(bucketed[..., :valid], exact[..., :valid], atol=1e-5)
+    assert not bucketed[..., valid:].any()
+
+
+def test_triton_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUDGIE_TRITON", "0")
+    assert cuda_runner.triton_step_decoder() is None
+    monkeypatch.setenv("BUDGIE_TRITON", "1")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        assert cuda_runner.triton_step_decoder() is None  # CPU-only installs: the torch step
+    else:
+        from budgie.triton_decoding import TritonStepDecoder
+
+        assert cuda_runner.triton_step_decoder() is TritonStepDecoder
