@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from budgie.decoding import Hypothesis
-from budgie.encoder import ConformerLayer, LayerRunner
+from budgie.encoder import ConformerLayer, LayerRunner, keep_position_bias_eager
 from budgie.gpu_decoding import GraphedStepDecoder, StepDecoder, decode_with_steps
 from budgie.model import ParakeetTDT
 
@@ -70,6 +70,8 @@ def compiled_layer_runner() -> LayerRunner:
     """One Inductor-compiled conformer layer for every layer and length (dynamic shapes):
     the ~60 small kernels of a layer become ~20, which is what bounds a layer at small batch.
     Parameters are graph inputs, so the 24 layers share one compilation."""
+
+    keep_position_bias_eager()
 
     def run_layer(
         layer: ConformerLayer, x: Tensor, positions: Tensor, valid: Tensor | None

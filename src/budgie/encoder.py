@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -111,18 +112,31 @@ def rel_shift(scores: Tensor) -> Tensor:
     )
 
 
-@torch.compiler.disable  # type: ignore[untyped-decorator]
 def position_bias(scores: Tensor, scale: float, key_mask: Tensor | None) -> Tensor:
     """[H, B, T, P] position scores -> the attention bias [B, H, T, T]: shifted, scaled,
-    padded keys masked (padded query rows are zeroed after attention).
-
-    Kept out of torch.compile on purpose: Inductor's fused kernel for this strided gather with
-    dynamic shapes measured ~10x slower than these two eager passes at batch 64 on an H100.
-    """
+    padded keys masked (padded query rows are zeroed after attention)."""
+    if _eager_position_bias is not None and torch.compiler.is_compiling():
+        return _eager_position_bias(scores, scale, key_mask)
     bias = rel_shift(scores).transpose(0, 1) * scale
     if key_mask is not None:
         bias = bias.masked_fill(~key_mask[:, None, None, :], -INF_VAL)
     return bias
+
+
+_eager_position_bias: Callable[[Tensor, float, Tensor | None], Tensor] | None = None
+
+
+def keep_position_bias_eager() -> None:
+    """Make compiled layers run ``position_bias`` eagerly (a graph break): Inductor's fused
+    kernel for this strided gather with dynamic shapes measured ~10x slower than the two eager
+    passes at batch 64 on an H100. Called before compiling (budgie.cuda_runner), not at import:
+    ``torch.compiler.disable`` imports torch._dynamo, about 1.5 s."""
+    global _eager_position_bias
+    if _eager_position_bias is None:
+        _eager_position_bias = cast(
+            Callable[[Tensor, float, "Tensor | None"], Tensor],
+            torch.compiler.disable(position_bias),  # type: ignore[no-untyped-call]
+        )
 
 
 class RelPositionMultiHeadAttention(nn.Module):
