@@ -356,3 +356,18 @@ def test_frame_formats(fmt: str, planar: bool, data: np.ndarray, expected: list[
     """FFmpeg frames: planar (channels, n) or packed (1, n * channels), each sample type."""
     n = len(expected)
     np.testing.assert_allclose(_frame_to_mono(data, fmt, planar, n), expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_mono_wav_samples_equal_libsndfile_float_conversion(subtype: str, tmp_path: Path) -> None:
+    """The PCM_16 fast path (int16 read, numpy scaling) gives libsndfile's floats bit for bit,
+    including the extremes -32768 and 32767."""
+    rng = np.random.default_rng(7)
+    pcm = rng.integers(-32768, 32768, 16000, dtype=np.int64).astype(np.int16)
+    pcm[:2] = (-32768, 32767)
+    path = tmp_path / f"x_{subtype}.wav"
+    sf.write(path, pcm, SAMPLE_RATE, subtype=subtype)
+    want, _ = sf.read(path, dtype="float32")
+    got = load_audio(path)
+    assert got.dtype == np.float32
+    assert np.array_equal(got, want)

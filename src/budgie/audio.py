@@ -185,6 +185,13 @@ def _read_mono(f: sf.SoundFile) -> Float32Array:
     Reading a long stereo file whole would hold every channel at once; blocks keep the peak near
     the size of the mono result.
     """
+    if f.channels == 1 and f.subtype == "PCM_16":
+        # libsndfile's own int16 -> float32 conversion is scalar (~4x slower on a 30 s clip);
+        # scaling by 2^-15 in numpy gives the same floats bit for bit (tested).
+        pcm = f.read(dtype="int16")
+        out = np.empty(pcm.shape, dtype=np.float32)
+        np.multiply(pcm, np.float32(1.0 / 32768.0), out=out, casting="unsafe")
+        return out
     if f.channels == 1:
         return np.asarray(f.read(dtype="float32"), dtype=np.float32)
     out = np.empty(max(int(f.frames), 0), dtype=np.float32)
