@@ -9,6 +9,7 @@ import torch
 from budgie import cuda_runner
 from budgie.cuda_runner import FEATURE_BUCKET, bucket_batch, bucket_frames, samples_bucket
 from budgie.frontend import MelFeaturizer
+from budgie.gpu_decoding import STEPS_PER_GRAPH, unchecked_replays
 from conftest import SynthModels
 
 HOP = 160
@@ -60,3 +61,14 @@ def test_triton_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         from budgie.triton_decoding import TritonStepDecoder
 
         assert cuda_runner.triton_step_decoder() is TritonStepDecoder
+
+
+@pytest.mark.parametrize(
+    ("longest", "rate", "replays"), [(0, 0.25, 0), (63, 0.25, 0), (64, 0.25, 1), (400, 0.6, 15)]
+)
+def test_unchecked_replays_stay_below_the_estimated_steps(
+    longest: int, rate: float, replays: int
+) -> None:
+    got = unchecked_replays(longest, rate)
+    assert got == replays
+    assert got * STEPS_PER_GRAPH <= longest * rate

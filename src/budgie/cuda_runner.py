@@ -26,7 +26,12 @@ from torch import Tensor
 
 from budgie.decoding import Hypothesis
 from budgie.encoder import ConformerLayer, LayerRunner, keep_position_bias_eager
-from budgie.gpu_decoding import GraphedStepDecoder, StepDecoder, decode_with_steps
+from budgie.gpu_decoding import (
+    GraphedStepDecoder,
+    StepDecoder,
+    decode_with_steps,
+    unchecked_replays,
+)
 from budgie.model import ParakeetTDT
 
 # Feature frames per length bucket: 16 encoder frames (1.28 s) at 8x subsampling.
@@ -37,6 +42,8 @@ DECODER_FRAMES = 512
 # H100, 16 vs 49 us per step at batch 1, 60 vs 73 at 8, slower from 16 on
 # (benchmarks/results/gpu_decoder_micro_h100_2026-11-24.json).
 TRITON_MAX_BATCH = 8
+# Inputs shorter than this many encoder frames do not update the steps-per-frame estimate.
+MIN_FRAMES_FOR_RATE = 32
 # Batch sizes are rounded up to these (extra rows have length 0 and are ignored).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -215,6 +222,9 @@ class CudaRunner:
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
         self._uses: dict[tuple[str, int, int], int] = {}
+        # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
+        # starts at 1/4, the bound the largest duration (4 frames per step) gives.
+        self._steps_per_frame = 0.25
 
     def _graph_now(self, kind: str, key: tuple[int, int]) -> bool:
         """True from the second use of a shape on: one-off shapes stay eager."""
@@ -272,4 +282,12 @@ class CudaRunner:
             fuse = self.compile_decoder and kind is StepDecoder  # Triton steps are fused already
             graphed = GraphedStepDecoder(machine, fuse) if wants_graph else None
             self._decoders[key] = (machine, graphed)
-        return decode_with_steps(machine, enc_proj, lengths, graphed)
+        lengths_list = lengths.tolist()
+        longest = max(lengths_list, default=0)
+        replays = unchecked_replays(longest, self._steps_per_frame)
+        hyps = decode_with_steps(machine, enc_proj, lengths, graphed, replays)
+        for hyp, n in zip(hyps, lengths_list, strict=True):
+            if n >= MIN_FRAMES_FOR_RATE:  # learn a low estimate of steps per frame
+                ratio = hyp.steps / n
+                self._steps_per_frame = min(ratio, 0.9 * self._steps_per_frame + 0.1 * ratio)
+        return hyps

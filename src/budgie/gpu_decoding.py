@@ -102,6 +102,9 @@ class StepDecoder:
         self.c = torch.zeros(shape, device=device)
         self.pred_proj = torch.zeros(batch, hidden, device=device)
         self.blank_labels = torch.full((batch,), self.blank, dtype=torch.long, device=device)
+        # The state after the start-of-sequence blank depends on the weights only: computed once.
+        with torch.inference_mode():
+            self._start = self._predict(self.blank_labels)
 
     @classmethod
     def for_network(
@@ -130,7 +133,7 @@ class StepDecoder:
         for buffer in (self.time, self.steps, self.count, self.on_frame, self.h, self.c):
             buffer.zero_()
         self.last_frame.fill_(-1)
-        projected, h, c = self._predict(self.blank_labels)
+        projected, h, c = self._start
         self.pred_proj.copy_(projected)
         self.h.copy_(h)
         self.c.copy_(c)
@@ -219,18 +222,36 @@ class GraphedStepDecoder:
             for _ in range(STEPS_PER_GRAPH):
                 step()
 
-    def run(self) -> None:
+    def run(self, unchecked_replays: int = 0) -> None:
+        """Replay until no row is active; the first ``unchecked_replays`` replays skip the
+        host check (each check is a device sync). Extra replays are harmless: a finished row
+        does nothing."""
+        for _ in range(unchecked_replays):
+            self.graph.replay()
         while self.machine.any_active():
             self.graph.replay()
 
 
+def unchecked_replays(longest: int, steps_per_frame: float) -> int:
+    """Graph replays that are surely needed before the first "anything active?" check.
+
+    ``steps_per_frame`` is a lower estimate of a row's steps per encoder frame (e.g. the
+    smallest ratio seen lately); a wrong guess only costs idle steps or an extra check.
+    """
+    return int(longest * steps_per_frame) // STEPS_PER_GRAPH
+
+
 def decode_with_steps(
-    machine: StepDecoder, enc_proj: Tensor, lengths: Tensor, graphed: GraphedStepDecoder | None
+    machine: StepDecoder,
+    enc_proj: Tensor,
+    lengths: Tensor,
+    graphed: GraphedStepDecoder | None,
+    replays_before_check: int = 0,
 ) -> list[Hypothesis]:
     """Decode a batch on a prepared machine (graph replay on CUDA, eager steps elsewhere)."""
     machine.reset(enc_proj, lengths)
     if graphed is not None:
-        graphed.run()
+        graphed.run(replays_before_check)
     else:
         with torch.inference_mode():
             while machine.any_active():
