@@ -25,7 +25,7 @@ from budgie.encoder import ConvolutionModule, rel_shift, relative_positions
 from budgie.errors import AudioError
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
 from budgie.model import ParakeetTDT
-from budgie.pipeline import input_windows
+from budgie.pipeline import input_order, input_windows
 from budgie.results import Transcript, TranscriptionError
 from conftest import SynthModels
 from parity_goldens import AUDIO_DIR
@@ -380,3 +380,13 @@ def test_input_windows_start_with_one_batch(count: int, batch_size: int, sizes: 
     windows = input_windows(count, batch_size)
     assert [len(w) for w in windows] == sizes
     assert [i for w in windows for i in w] == list(range(count))
+
+
+def test_batched_inputs_are_ordered_by_size(tmp_path: Path) -> None:
+    """Batches are formed in size order before any audio is decoded; batch 1 keeps the order."""
+    small, big = tmp_path / "small.wav", tmp_path / "big.wav"
+    small.write_bytes(b"x" * 10)
+    big.write_bytes(b"x" * 1000)
+    inputs = [str(big), np.zeros(50, dtype=np.float32), b"y" * 5, str(small), str(tmp_path / "no")]
+    assert input_order(inputs, 4) == [4, 2, 3, 1, 0]  # missing file: 0, its error comes later
+    assert input_order(inputs, 1) == [0, 1, 2, 3, 4]

@@ -55,8 +55,30 @@ def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def size_hint(source: AudioInput) -> int:
+    """A cheap stand-in for an input's duration, known before decoding it: file size, bytes,
+    samples. Unreadable paths give 0 (their error is reported when they are loaded)."""
+    if isinstance(source, np.ndarray):
+        return int(source.size)
+    if isinstance(source, bytes):
+        return len(source)
+    try:
+        return os.stat(source).st_size
+    except (OSError, TypeError, ValueError):
+        return 0
+
+
+def input_order(inputs: Sequence[AudioInput], batch_size: int) -> list[int]:
+    """The order inputs are loaded and batched in: as given for batch 1; by size for batches,
+    so even the first batch (formed before the rest is decoded) holds similar lengths."""
+    if batch_size == 1:
+        return list(range(len(inputs)))
+    return sorted(range(len(inputs)), key=lambda i: size_hint(inputs[i]))
+
+
 def input_windows(count: int, batch_size: int) -> list[range]:
-    """Consecutive index windows: audio of a window is decoded while the previous one runs.
+    """Consecutive windows of positions in ``input_order``: audio of a window is decoded
+    while the previous one runs.
     The first window is one batch, so the GPU starts after one batch of files, not a window;
     later ones hold several batches (sorting by length inside a window keeps padding small)."""
     window = max(MIN_WINDOW, batch_size * 4)
@@ -187,7 +209,8 @@ class Model:
                 if progress:
                     progress(done)
 
-        windows = input_windows(len(inputs), batch_size)
+        order = input_order(inputs, batch_size)
+        windows = [[order[i] for i in window] for window in input_windows(len(inputs), batch_size)]
         workers = min(LOAD_THREADS, max(1, len(inputs)))
         with (
             ThreadPoolExecutor(workers, thread_name_prefix="budgie-load") as loaders,
@@ -201,7 +224,7 @@ class Model:
                     return future
                 return text.submit(self._finish_batch, batch, inferred, timestamps)
 
-            def submit(window: range) -> list[Future[_Loaded | TranscriptionError]]:
+            def submit(window: list[int]) -> list[Future[_Loaded | TranscriptionError]]:
                 return [loaders.submit(self._load_one, i, inputs[i]) for i in window]
 
             pending = submit(windows[0]) if windows else []

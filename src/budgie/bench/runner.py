@@ -37,7 +37,7 @@ from budgie.bench.audioset import default_clips, load_manifest, write_clips
 from budgie.bench.hardware import device_label, hardware_profile, hardware_summary, utc_now
 from budgie.bench.wer import edit_distance, normalize_words, word_error_rate
 from budgie.errors import BudgieError
-from budgie.pipeline import Model, Result, input_windows
+from budgie.pipeline import Model, Result, input_order, input_windows
 from budgie.progress import progress_bar
 from budgie.results import Transcript, TranscriptionError
 
@@ -282,10 +282,13 @@ def run_record(
     }
 
 
-def _cold_rows(rows: list[int], results: list[Result], batch_size: int) -> set[int]:
+def _cold_rows(
+    rows: list[int], paths: list[Path], results: list[Result], batch_size: int
+) -> set[int]:
     """Rows of the first batch the model computed: the inputs of the pipeline's first window
-    that loaded (sorted by length within the window when batched)."""
-    first = input_windows(len(rows), batch_size)[0] if rows else range(0)
+    (in its input order) that loaded, sorted by length within the window when batched."""
+    order = input_order([str(path) for path in paths], batch_size)
+    first = {order[i] for i in input_windows(len(rows), batch_size)[0]} if rows else set()
     done = [
         (row, r)
         for index, (row, r) in enumerate(zip(rows, results, strict=True))
@@ -344,7 +347,8 @@ def timed_passes(
                 wall = time.perf_counter() - t0
                 timed = _Timed(rows, results, started, utc_now(), wall, repeat)
                 if cold:
-                    timed.cold_rows = _cold_rows(rows, results, opts.batch_size)
+                    paths = [samples[i].path for i in rows]
+                    timed.cold_rows = _cold_rows(rows, paths, results, opts.batch_size)
                     cold = not timed.cold_rows
                 calls.append(timed)
                 finished += len(rows)
