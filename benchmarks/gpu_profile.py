@@ -25,7 +25,6 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import torch  # noqa: E402
 from gpu_compare import phase_means  # noqa: E402
 
-import budgie.encoder as encoder_module  # noqa: E402
 from budgie.api import load_model  # noqa: E402
 from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
 from budgie.cuda_runner import CudaRunner  # noqa: E402
@@ -38,12 +37,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "compile_decoder": {"compile_decoder": True, "compile_encoder": False, "triton": False},
     "compile_both": {"compile_decoder": True, "compile_encoder": True, "triton": False},
     "compile_both_triton": {"compile_decoder": True, "compile_encoder": True, "triton": True},
-    "nchw_subsampling": {
-        "compile_decoder": True,
-        "compile_encoder": True,
-        "triton": True,
-        "channels_last": False,
-    },
 }
 
 
@@ -52,9 +45,7 @@ def runner(
     compile_decoder: bool,
     compile_encoder: bool,
     triton: bool,
-    channels_last: bool = True,
 ) -> CudaRunner:
-    encoder_module.SUBSAMPLING_CHANNELS_LAST = channels_last
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton:
         made.triton_decoder = None

@@ -23,9 +23,6 @@ INF_VAL = 10000.0
 # Projected relative positions are cached for tables of this many frames (doubling from the
 # first), up to the last: 2,048 encoder frames = 164 s. Longer inputs project per call.
 POSITION_TABLE_FRAMES = (256, 512, 1024, 2048)
-# On CUDA the subsampling convolutions run in channels-last layout (cuDNN's NHWC depthwise
-# kernels instead of PyTorch's generic NCHW one).
-SUBSAMPLING_CHANNELS_LAST = True
 
 
 def subsampled_length(lengths: Tensor, num_convs: int) -> Tensor:
@@ -63,8 +60,6 @@ class ConvSubsampling(nn.Module):
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """features [B, F, T] -> [B, T', d_model]; padded time zeroed before each convolution."""
         x = features.transpose(1, 2).unsqueeze(1).to(self.out.weight.dtype)  # [B, 1, T, F]
-        if x.is_cuda and SUBSAMPLING_CHANNELS_LAST:
-            x = x.contiguous(memory_format=torch.channels_last)
         mask = time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
         for layer in self.conv:
             if isinstance(layer, nn.Conv2d):
