@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple, cast
 
 import numpy as np
@@ -116,27 +115,22 @@ class _FrontendGraph:
 
         _capture(self.graph, frontend)
 
-    def run(self, staged: StagedAudio) -> tuple[Tensor, Tensor]:
-        """Each row is copied asynchronously from pinned memory into its slot of the graph's
-        input: no padded host array is built."""
+    def run(self, rows: list[np.ndarray], staging: PinnedStaging) -> tuple[Tensor, Tensor]:
+        """Each row is copied from pinned memory into its slot of the graph's input: no padded
+        host array is built and the copies run asynchronously."""
         self.audio.zero_()
-        for row, (start, n) in enumerate(zip(staged.offsets, staged.lengths, strict=True)):
-            self.audio[row, :n].copy_(staged.host[start : start + n], non_blocking=True)
-        counts = staged.lengths + [0] * (self.audio.shape[0] - len(staged.lengths))
+        host = staging.hold(sum(len(r) for r in rows))
+        offset = 0
+        for row, samples in enumerate(rows):
+            n = len(samples)
+            host[offset : offset + n].numpy()[:] = samples
+            self.audio[row, :n].copy_(host[offset : offset + n], non_blocking=True)
+            offset += n
+        counts = [len(r) for r in rows] + [0] * (self.audio.shape[0] - len(rows))
         self.num_samples.copy_(torch.tensor(counts), non_blocking=True)
-        staged.buffer.release()
+        staging.release()
         self.graph.replay()
-        return self.features[: len(staged.lengths)], self.lengths[: len(staged.lengths)]
-
-
-@dataclass
-class StagedAudio:
-    """A batch's samples packed in a pinned host buffer, ready for asynchronous copies."""
-
-    host: Tensor
-    offsets: list[int]
-    lengths: list[int]
-    buffer: PinnedStaging
+        return self.features[: len(rows)], self.lengths[: len(rows)]
 
 
 class PinnedStaging:
@@ -224,8 +218,7 @@ class CudaRunner:
         self.triton_decoder = triton_step_decoder()
         self._compiled: CompiledEncoder | None = None
         self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
-        self._staging = (PinnedStaging(), PinnedStaging())  # one fills while one is copied
-        self._turn = 0
+        self._staging = PinnedStaging()
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
         self._uses: dict[tuple[str, int, int], int] = {}
@@ -239,39 +232,22 @@ class CudaRunner:
         uses = self._uses[counter] = self._uses.get(counter, 0) + 1
         return self.use_graphs and uses >= 2
 
-    def stage(self, rows: list[np.ndarray]) -> StagedAudio:
-        """Pack a batch's samples into the next of two pinned buffers. May run in another
-        thread while the previous batch computes (calls must come in batch order)."""
-        buffer = self._staging[self._turn]
-        self._turn ^= 1
-        lengths = [len(r) for r in rows]
-        host = buffer.hold(sum(lengths))
-        offsets, start = [], 0
-        for samples, n in zip(rows, lengths, strict=True):
-            host[start : start + n].numpy()[:] = samples
-            offsets.append(start)
-            start += n
-        return StagedAudio(host, offsets, lengths, buffer)
-
-    def preprocess(self, batch: list[np.ndarray] | StagedAudio) -> tuple[Tensor, Tensor]:
-        """Host waveforms (float32, one array per input, or staged) -> features and lengths
-        on the GPU."""
-        staged = batch if isinstance(batch, StagedAudio) else self.stage(batch)
+    def preprocess(self, rows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+        """Host waveforms (float32, one array per input) -> features and lengths on the GPU."""
         net = self.network
         hop = net.cfg.preprocessor.hop_length
-        longest = max(1, *staged.lengths)
-        key = (bucket_batch(len(staged.lengths)), samples_bucket(longest, hop))
+        longest = max(1, *(len(r) for r in rows))
+        key = (bucket_batch(len(rows)), samples_bucket(longest, hop))
         graph = self._frontends.get(key)
         if graph is None and self._graph_now("frontend", key):
             graph = self._frontends[key] = _FrontendGraph(net, *key)
         if graph is not None:
-            return graph.run(staged)
+            return graph.run(rows, self._staging)
         device = next(net.parameters()).device
-        audio = torch.zeros(len(staged.lengths), longest)
-        for row, (start, n) in enumerate(zip(staged.offsets, staged.lengths, strict=True)):
-            audio[row, :n] = staged.host[start : start + n]
-        staged.buffer.release()
-        num_samples = torch.tensor(staged.lengths)
+        audio = torch.zeros(len(rows), longest)
+        for row, samples in enumerate(rows):
+            audio[row, : len(samples)] = torch.from_numpy(samples)
+        num_samples = torch.tensor([len(r) for r in rows])
         features, lengths = net.preprocessor(audio.to(device), num_samples.to(device))
         return features, lengths
 

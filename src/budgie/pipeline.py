@@ -6,9 +6,9 @@ input that fails (unreadable, too long) becomes a ``TranscriptionError`` record 
 are still transcribed. Phases: load_audio (per input), preprocess, encode and decode (per batch,
 shared by its members), tokenize (per input); total is their sum for the input.
 
-Threads overlap: loader threads decode audio one window ahead, the calling thread runs the model
-batch by batch, one text thread turns a batch's hypotheses into Transcripts while the next batch
-runs, and on CUDA one stage thread packs the next batch's audio into pinned memory meanwhile.
+Three kinds of threads overlap: loader threads decode audio one window ahead, the calling thread
+runs the model batch by batch, and one text thread turns a batch's hypotheses into Transcripts
+while the next batch runs on the GPU.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from budgie.audio import SAMPLE_RATE, describe_source, load_audio
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
-from budgie.cuda_runner import CudaRunner, StagedAudio
+from budgie.cuda_runner import CudaRunner
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.errors import AudioError, BudgieError
 from budgie.limits import check_single_pass
@@ -215,7 +215,6 @@ class Model:
         with (
             ThreadPoolExecutor(workers, thread_name_prefix="budgie-load") as loaders,
             ThreadPoolExecutor(1, thread_name_prefix="budgie-text") as text,
-            ThreadPoolExecutor(1, thread_name_prefix="budgie-stage") as stager,
         ):
 
             def finish(batch: list[_Loaded], inferred: _Inferred) -> Future[list[Transcript]]:
@@ -242,17 +241,9 @@ class Model:
                         loaded.append(item)
                 if batch_size > 1:
                     loaded.sort(key=lambda item: len(item.samples))
-                batches = [loaded[i : i + batch_size] for i in range(0, len(loaded), batch_size)]
-                staging: Future[StagedAudio] | None = None
-                for number_in_window, batch in enumerate(batches):
-                    staged = staging.result() if staging is not None else None
-                    following = batches[number_in_window + 1 : number_in_window + 2]
-                    staging = None  # pack the next batch's audio while this one computes
-                    if following and self.cuda_runner is not None:
-                        rows = [item.samples for item in following[0]]
-                        staging = stager.submit(self.cuda_runner.stage, rows)
-                    inferred = self._infer_batch(batch, confidence, staged)
-                    finishing.append((batch, finish(batch, inferred)))
+                for start in range(0, len(loaded), batch_size):
+                    batch = loaded[start : start + batch_size]
+                    finishing.append((batch, finish(batch, self._infer_batch(batch, confidence))))
                     settle(wait=False)
             settle(wait=True)
         return [r for r in results if r is not None]
@@ -269,17 +260,10 @@ class Model:
         return _Loaded(index, describe_source(source), samples, clock.ms["load_audio"])
 
     @torch.inference_mode()
-    def _infer_batch(
-        self, batch: list[_Loaded], confidence: bool, staged: StagedAudio | None = None
-    ) -> _Inferred:
-        """Preprocess, encode, decode one batch (``staged``: its audio already packed for the
-        GPU by ``CudaRunner.stage``)."""
+    def _infer_batch(self, batch: list[_Loaded], confidence: bool) -> _Inferred:
         clock = PhaseClock(self.device, sync=self.sync_phases)
         with clock.phase("preprocess"):
-            if staged is not None and self.cuda_runner is not None:
-                features, feature_lengths = self.cuda_runner.preprocess(staged)
-            else:
-                features, feature_lengths = self._preprocess_rows([it.samples for it in batch])
+            features, feature_lengths = self._preprocess_rows([item.samples for item in batch])
         with clock.phase("encode"):
             encoded, enc_lengths = self._encode(features, feature_lengths)
         with clock.phase("decode"):
