@@ -273,6 +273,8 @@ def quantize_int8(source: Path, target: Path) -> None:
     Only MatMuls with constant weights are quantized (minus ``KEEP_FLOAT``): they carry nearly
     all of the encoder's weights; convolutions, the embedding and the LSTM stay float (ORT's
     int8 convolutions are slower than its float ones, and the decoder is a small share).
+    Scales are per output channel: on the full-size synthetic model (10 default clips) token
+    agreement with fp32 rose from 95.2 % (one scale per matrix) to 97.3 % at the same speed.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -293,7 +295,7 @@ def quantize_int8(source: Path, target: Path) -> None:
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul"],
                 nodes_to_exclude=keep,
-                per_channel=False,
+                per_channel=True,
                 use_external_data_format=external and _too_big_for_one_file(source),
                 extra_options={"MatMulConstBOnly": True},
             )
