@@ -9,7 +9,7 @@ import torch
 from budgie import cuda_runner
 from budgie.cuda_runner import FEATURE_BUCKET, bucket_batch, bucket_frames, samples_bucket
 from budgie.frontend import MelFeaturizer
-from budgie.gpu_decoding import STEPS_PER_GRAPH, unchecked_replays
+from budgie.gpu_decoding import STEPS_PER_GRAPH, StepDecoder, unchecked_replays
 from conftest import SynthModels
 
 HOP = 160
@@ -72,3 +72,27 @@ def test_unchecked_replays_stay_below_the_estimated_steps(
     got = unchecked_replays(longest, rate)
     assert got == replays
     assert got * STEPS_PER_GRAPH <= longest * rate
+
+
+class _BrokenTriton(StepDecoder):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("no compiler for this GPU")
+
+
+class _FakeGraph:
+    def __init__(self, machine: StepDecoder, compile: bool) -> None:
+        self.machine, self.compile = machine, compile
+
+
+def test_decoder_falls_back_to_the_torch_step_when_triton_fails(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
+    runner = cuda_runner.CudaRunner(synth_models.model("tiny").network, compile_decoder=True)
+    runner.triton_decoder = _BrokenTriton
+    with pytest.warns(RuntimeWarning, match="no compiler for this GPU"):
+        machine, graph = runner._decoder_machine(1, 512, torch.device("cpu"), graphed=True)
+    assert type(machine) is StepDecoder and isinstance(graph, _FakeGraph) and graph.compile
+    assert runner.triton_decoder is None  # not tried again
+    machine, graph = runner._decoder_machine(16, 512, torch.device("cpu"), graphed=False)
+    assert type(machine) is StepDecoder and graph is None

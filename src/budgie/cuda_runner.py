@@ -17,6 +17,7 @@ it. A warm-up pass over representative lengths moves these costs out of measured
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple, cast
 
@@ -266,6 +267,26 @@ class CudaRunner:
             return encoded, enc_lengths
         return graph.run(features, lengths)
 
+    def _decoder_machine(
+        self, batch: int, frames: int, device: torch.device, graphed: bool
+    ) -> tuple[StepDecoder, GraphedStepDecoder | None]:
+        """A step machine for (batch, frames): the Triton one in a graph up to
+        TRITON_MAX_BATCH, else the torch one (graphed, compiled unless disabled)."""
+        net = self.network
+        if graphed and self.triton_decoder is not None and batch <= TRITON_MAX_BATCH:
+            try:
+                triton_machine = self.triton_decoder.for_network(net, batch, frames, device)
+                return triton_machine, GraphedStepDecoder(triton_machine, False)
+            except Exception as exc:  # e.g. Triton cannot compile for this GPU: fall back
+                warnings.warn(
+                    f"Triton decoder step unavailable here, using the torch step: {exc}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.triton_decoder = None
+        machine = StepDecoder.for_network(net, batch, frames, device)
+        return machine, GraphedStepDecoder(machine, self.compile_decoder) if graphed else None
+
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
         net = self.network
         enc_proj = net.joint.project_encoder(encoded.float())
@@ -275,12 +296,7 @@ class CudaRunner:
         machine, graphed = self._decoders.get(key, (None, None))
         wants_graph = self._graph_now("decoder", key)
         if machine is None or (graphed is None and wants_graph):
-            kind = StepDecoder
-            if wants_graph and self.triton_decoder is not None and batch <= TRITON_MAX_BATCH:
-                kind = self.triton_decoder
-            machine = kind.for_network(net, batch, frames, enc_proj.device)
-            fuse = self.compile_decoder and kind is StepDecoder  # Triton steps are fused already
-            graphed = GraphedStepDecoder(machine, fuse) if wants_graph else None
+            machine, graphed = self._decoder_machine(batch, frames, enc_proj.device, wants_graph)
             self._decoders[key] = (machine, graphed)
         lengths_list = lengths.tolist()
         longest = max(lengths_list, default=0)
