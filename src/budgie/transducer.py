@@ -32,7 +32,15 @@ class PredictionNetwork(nn.Module):
         self.blank_id = cfg.blank_id
         self.layers = pred.pred_rnn_layers
         self.hidden = pred.pred_hidden
-        self.embed = nn.Embedding(pred.vocab_size + 1, pred.pred_hidden, padding_idx=cfg.blank_id)
+        # An explicit (zero) weight skips Embedding's random init: on the meta device
+        # that init imports torch._dynamo, 1.5-3.5 s of the model load; checkpoints fill it.
+        rows = pred.vocab_size + 1
+        self.embed = nn.Embedding(
+            rows,
+            pred.pred_hidden,
+            padding_idx=cfg.blank_id,
+            _weight=torch.zeros(rows, pred.pred_hidden),
+        )
         self.dec_rnn = LSTMStack(pred.pred_hidden, pred.pred_rnn_layers)
 
     def initial_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> LSTMState:
