@@ -96,3 +96,19 @@ def test_decoder_falls_back_to_the_torch_step_when_triton_fails(
     assert runner.triton_decoder is None  # not tried again
     machine, graph = runner._decoder_machine(16, 512, torch.device("cpu"), graphed=False)
     assert type(machine) is StepDecoder and graph is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "parts"),
+    [
+        ("", set()),
+        ("0", set()),
+        ("1", {"encoder", "decoder"}),
+        ("all", {"encoder", "decoder"}),
+        ("encoder", {"encoder"}),
+        ("Decoder, encoder", {"encoder", "decoder"}),
+        ("nonsense", set()),
+    ],
+)
+def test_compile_is_opt_in(setting: str, parts: set[str]) -> None:
+    assert cuda_runner.compile_targets(setting) == parts
