@@ -363,3 +363,39 @@ def test_fully_quantized_joint_runs_step_by_step(tiny_dir: Path, tmp_path: Path)
     fp32 = load_model(tiny_dir).transcribe(str(DATA / "nano_parakeet_sample.wav"))
     int8 = model.transcribe(str(DATA / "nano_parakeet_sample.wav"))
     assert int8.decoder_steps > 0 and abs(len(int8.tokens) - len(fp32.tokens)) < len(fp32.tokens)
+
+
+def test_hub_cache_layout_with_external_data(
+    synth_models: SynthModels, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A Hugging Face cache snapshot: every file a symlink into blobs/ under a hash name, and
+    the encoder's weights in an external data file (as the 0.6B exports have them)."""
+    source = exported(synth_models, tmp_path_factory, "tiny", None)
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "rev"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    encoder = onnx.load(str(source / "encoder-model.onnx"))
+    onnx.save_model(
+        encoder,
+        str(blobs / "encoder-model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="encoder-model.onnx.data",
+        size_threshold=0,
+    )
+    for name in ("encoder-model.onnx", "encoder-model.onnx.data"):
+        (blobs / name).rename(blobs / f"hash-{name}")
+    for name in ("decoder_joint-model.onnx", "vocab.txt", "config.json"):
+        (blobs / f"hash-{name}").write_bytes((source / name).read_bytes())
+    for name in (
+        "encoder-model.onnx",
+        "encoder-model.onnx.data",
+        "decoder_joint-model.onnx",
+        "vocab.txt",
+        "config.json",
+    ):
+        (snapshot / name).symlink_to(Path("..", "..", "blobs", f"hash-{name}"))
+    audio = clip_input(MANIFEST["clips"]["life_Jim"])
+    want = load_model(source, backend="onnx").transcribe(audio).token_ids
+    got = load_model(snapshot, backend="onnx").transcribe(audio)
+    assert got.token_ids == want and len(want) > 0
