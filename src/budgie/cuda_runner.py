@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -170,18 +170,9 @@ class PinnedStaging:
         self._copied.record()
 
 
-class CompiledEncoder(NamedTuple):
-    """The encoder's pieces as the graphs run them: one torch.compile'd conformer layer
-    (shared by all layers, dynamic shapes so every length bucket reuses it) and the
-    subsampling."""
-
-    run_layer: LayerRunner
-    pre_encode: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
 class _EncoderGraph:
     def __init__(
-        self, network: ParakeetTDT, batch: int, frames: int, compiled: CompiledEncoder | None
+        self, network: ParakeetTDT, batch: int, frames: int, run_layer: LayerRunner | None
     ) -> None:
         cfg = network.cfg
         device = next(network.parameters()).device
@@ -189,11 +180,9 @@ class _EncoderGraph:
         self.lengths = torch.full((batch,), frames, device=device, dtype=torch.long)
         self.graph = torch.cuda.CUDAGraph()
 
-        run_layer, pre_encode = compiled if compiled is not None else (None, None)
-
         def encode() -> None:
             self.out, self.out_lengths = network.encoder(
-                self.features, self.lengths, True, run_layer, pre_encode
+                self.features, self.lengths, True, run_layer
             )
 
         _capture(self.graph, encode)
@@ -228,7 +217,7 @@ class CudaRunner:
         self.compile_decoder = compile_decoder
         self.compile_encoder = compile_encoder
         self.triton_decoder = triton_step_decoder()
-        self._compiled: CompiledEncoder | None = None
+        self._layer_runner: LayerRunner | None = None
         self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
         self._staging = PinnedStaging()
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
@@ -268,11 +257,11 @@ class CudaRunner:
         key = (bucket_batch(features.shape[0]), bucket_frames(features.shape[2]))
         graph = self._encoders.get(key)
         if graph is None and self._graph_now("encoder", key):
-            if self.compile_encoder and self._compiled is None:
-                # The subsampling stays eager: compiled with dynamic shapes, its fused
-                # mask/ReLU kernels measured 3-10x slower than cuDNN + eager ops on an H100.
-                self._compiled = CompiledEncoder(compiled_layer_runner(), net.encoder.pre_encode)
-            graph = self._encoders[key] = _EncoderGraph(net, *key, self._compiled)
+            if self.compile_encoder and self._layer_runner is None:
+                # Layers only: the subsampling compiled with dynamic shapes measured 3-10x
+                # slower (fused mask/ReLU kernels) than cuDNN + eager ops on an H100.
+                self._layer_runner = compiled_layer_runner()
+            graph = self._encoders[key] = _EncoderGraph(net, *key, self._layer_runner)
         if graph is None:
             encoded, enc_lengths = net.encoder(features, lengths)
             return encoded, enc_lengths

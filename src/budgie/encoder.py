@@ -338,13 +338,10 @@ class ConformerEncoder(nn.Module):
         lengths: Tensor,
         always_mask: bool = False,
         run_layer: LayerRunner | None = None,
-        pre_encode: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``always_mask`` skips the host-side "is anything padded?" check (CUDA graphs);
-        ``run_layer(layer, x, positions, valid)`` replaces ``layer(...)`` and ``pre_encode``
-        replaces ``self.pre_encode`` (compiled versions of them)."""
-        subsample = self.pre_encode if pre_encode is None else pre_encode
-        x, lengths = subsample(features.float(), lengths)
+        ``run_layer(layer, x, positions, valid)`` replaces ``layer(...)`` (a compiled layer)."""
+        x, lengths = self.pre_encode(features.float(), lengths)
         if self.xscale is not None:
             x = x * self.xscale
         t = x.shape[1]
