@@ -90,6 +90,17 @@ def resample(samples: Float32Array, orig_rate: int, target_rate: int = SAMPLE_RA
     return out
 
 
+def stack_padded(arrays: list[np.ndarray]) -> Float32Array:
+    """A batch of waveforms as one [B, max N] float32 array, zero padded. numpy, not torch:
+    a small torch CPU op wakes the intra-op thread pool, milliseconds on many-core hosts."""
+    if len(arrays) == 1 and len(arrays[0]) > 0:
+        return np.ascontiguousarray(arrays[0], dtype=np.float32)[None]
+    out = np.zeros((len(arrays), max(1, *(len(a) for a in arrays))), dtype=np.float32)
+    for row, samples in enumerate(arrays):
+        out[row, : len(samples)] = samples
+    return out
+
+
 def _f32(x: object) -> Float32Array:
     """A float32 view of ``x`` (no copy when it already is float32); also pins the type for mypy."""
     return np.asarray(x, dtype=np.float32)

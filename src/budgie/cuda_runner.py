@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from budgie.audio import stack_padded
 from budgie.decoding import Hypothesis
 from budgie.encoder import ConformerLayer, LayerRunner, keep_position_bias_eager
 from budgie.gpu_decoding import (
@@ -245,11 +246,9 @@ class CudaRunner:
         if graph is not None:
             return graph.run(rows, self._staging)
         device = next(net.parameters()).device
-        audio = torch.zeros(len(rows), longest)
-        for row, samples in enumerate(rows):
-            audio[row, : len(samples)] = torch.from_numpy(samples)
-        num_samples = torch.tensor([len(r) for r in rows])
-        features, lengths = net.preprocessor(audio.to(device), num_samples.to(device))
+        audio = torch.from_numpy(stack_padded(rows)).to(device)
+        num_samples = torch.tensor([len(r) for r in rows], device=device)
+        features, lengths = net.preprocessor(audio, num_samples)
         return features, lengths
 
     def encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

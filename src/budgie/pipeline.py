@@ -24,7 +24,7 @@ from typing import cast, overload
 import numpy as np
 import torch
 
-from budgie.audio import SAMPLE_RATE, describe_source, load_audio
+from budgie.audio import SAMPLE_RATE, describe_source, load_audio, stack_padded
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
 from budgie.cuda_runner import CudaRunner
@@ -42,17 +42,6 @@ LOAD_THREADS = min(8, os.cpu_count() or 1)
 MIN_WINDOW = 64
 Result = Transcript | TranscriptionError
 ProgressCallback = Callable[[int], None]
-
-
-def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
-    """[B, max N] float32, zero padded. numpy, not torch: a small torch CPU op wakes the
-    intra-op thread pool, which costs milliseconds on many-core hosts."""
-    if len(arrays) == 1 and len(arrays[0]) > 0:
-        return np.ascontiguousarray(arrays[0], dtype=np.float32)[None]
-    out = np.zeros((len(arrays), max(1, *(len(a) for a in arrays))), dtype=np.float32)
-    for row, samples in enumerate(arrays):
-        out[row, : len(samples)] = samples
-    return out
 
 
 def size_hint(source: AudioInput) -> int:
@@ -321,7 +310,7 @@ class Model:
         """A batch's waveforms -> features; on CUDA straight into the frontend's graph inputs."""
         if self.cuda_runner is not None:
             return self.cuda_runner.preprocess(rows)
-        audio = torch.from_numpy(_stack_padded(rows))
+        audio = torch.from_numpy(stack_padded(rows))
         return self._preprocess(audio, torch.tensor([len(r) for r in rows]))
 
     def _preprocess(
