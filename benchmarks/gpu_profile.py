@@ -34,16 +34,6 @@ from budgie.synth import synth_nemo  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "graphs": {"compile_decoder": False, "compile_encoder": False, "triton": False},
-    "graphs_triton": {"compile_decoder": False, "compile_encoder": False, "triton": True},
-    **{
-        f"graphs_triton_w{w}": {
-            "compile_decoder": False,
-            "compile_encoder": False,
-            "triton": True,
-            "window": w,
-        }
-        for w in (1, 2, 8, 16)
-    },
     "compile_decoder": {"compile_decoder": True, "compile_encoder": False, "triton": False},
     "compile_both": {"compile_decoder": True, "compile_encoder": True, "triton": False},
     "compile_both_triton": {"compile_decoder": True, "compile_encoder": True, "triton": True},
@@ -55,19 +45,10 @@ def runner(
     compile_decoder: bool,
     compile_encoder: bool,
     triton: bool,
-    window: int | None = None,
 ) -> CudaRunner:
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton:
         made.triton_decoder = None
-    elif window is not None:  # the Triton machine with another look-ahead window
-        from budgie.triton_decoding import TritonConfig, TritonStepDecoder
-
-        class Windowed(TritonStepDecoder):
-            def __init__(self, *args: Any) -> None:
-                super().__init__(*args, config=TritonConfig(window=window))
-
-        made.triton_decoder = Windowed
     return made
 
 

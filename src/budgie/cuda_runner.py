@@ -224,9 +224,9 @@ class CudaRunner:
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
         self._uses: dict[tuple[str, int, int], int] = {}
-        # Machine steps per encoder frame, a low running estimate (see unchecked_replays):
-        # starts at 1/8 (a windowed Triton step can cover 8 frames; speech needs about 1/4).
-        self._steps_per_frame = 0.125
+        # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
+        # starts at 1/4, the bound the largest duration (4 frames per step) gives.
+        self._steps_per_frame = 0.25
 
     def _graph_now(self, kind: str, key: tuple[int, int]) -> bool:
         """True from the second use of a shape on: one-off shapes stay eager."""
@@ -301,10 +301,8 @@ class CudaRunner:
         longest = max(lengths_list, default=0)
         replays = unchecked_replays(longest, self._steps_per_frame)
         hyps = decode_with_steps(machine, enc_proj, lengths, graphed, replays)
-        if graphed is not None and longest >= MIN_FRAMES_FOR_RATE:
-            steps = machine.machine_steps(len(lengths_list))
-            for used, n in zip(steps, lengths_list, strict=True):
-                if n >= MIN_FRAMES_FOR_RATE:  # learn a low estimate of steps per frame
-                    ratio = used / n
-                    self._steps_per_frame = min(ratio, 0.9 * self._steps_per_frame + 0.1 * ratio)
+        for hyp, n in zip(hyps, lengths_list, strict=True):
+            if n >= MIN_FRAMES_FOR_RATE:  # learn a low estimate of steps per frame
+                ratio = hyp.steps / n
+                self._steps_per_frame = min(ratio, 0.9 * self._steps_per_frame + 0.1 * ratio)
         return hyps

@@ -184,11 +184,6 @@ class StepDecoder:
     def any_active(self) -> bool:
         return bool((self.time < self.lengths).any())
 
-    def machine_steps(self, batch: int) -> list[int]:
-        """Per row, the ``step`` calls in which it was active (here: its joint evaluations;
-        a machine that evaluates several frames per step needs fewer)."""
-        return [int(n) for n in self.steps[:batch].tolist()]
-
     def hypotheses(self, batch: int) -> list[Hypothesis]:
         counts = self.count[:batch].tolist()
         steps = self.steps[:batch].tolist()

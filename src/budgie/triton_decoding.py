@@ -1,35 +1,28 @@
 # mypy: disable-error-code="misc,no-untyped-def,untyped-decorator"
-"""The GPU decoder step of gpu_decoding.py in 3 + L Triton kernels (L = LSTM layers), with a
-look-ahead window so that a run of blanks costs one step instead of one step per blank.
+"""The GPU decoder step of gpu_decoding.py in 2 + L Triton kernels (L = LSTM layers).
 
 Why: at batch 1 a ``StepDecoder.step`` is about 13 dependent kernels even after torch.compile,
 and their launch latencies, not the arithmetic, set its cost (~68 us on an H100 with CUDA graphs,
-benchmarks/results/gpu_compare_h100_2026-11-24.json). A blank changes nothing but the frame, so
-while the prediction state is fixed the joint of the next ``window`` frames can be evaluated at
-once (the joint weights are read once for all of them) and the blanks followed in registers. A
-step is:
+benchmarks/results/gpu_compare_h100_2026-11-24.json). Here a step is:
 
-1. ``_joint_kernel``: logits[b, w] = relu(enc_proj[b, time_b + w] + pred_proj[b]) @ W_out^T +
-   bias for w < window, the output columns split over programs; each program keeps only its
-   best label and best duration (value and column) per frame.
-2. ``_walk_kernel``: per row, the argmaxes of the window's frames from the programs' partial
-   results, then NeMo's inner loop from ``time``: a blank moves on by its duration (at least
-   1); the first label stops the walk (its frame becomes ``time``; it is emitted by this step);
-   leaving the window or the input stops it without an emission. Counts every evaluated frame
-   as a decoder step, and records (label, duration, emit) for the kernels below.
-3. ``_lstm_kernel`` per layer: the 4 gate rows of a program's hidden units (so the cell update
-   is local) for the emitting rows, into scratch h/c (other programs still read the old state).
-4. ``_project_kernel``: the first program per batch block does the emission's bookkeeping (out
-   slot, count, on_frame, last_frame, the max-symbols cap, time); then pred_proj of the
-   emitting rows and the copy of their new h/c into the state.
+1. ``_joint_kernel``: logits = relu(enc_proj[b, frame_b] + pred_proj[b]) @ W_out^T + bias, the
+   output rows split over programs.
+2. ``_lstm_kernel`` (layer 0): every program takes the argmaxes of its rows itself (reading the
+   logits is cheaper than a launch), so it knows which rows emit and which label to embed; the
+   programs of the first hidden block also record (label, duration, emit) for step 4. The
+   programs then compute the 4 gate rows of their hidden units (so the cell update is local)
+   into scratch h/c buffers, since other programs still read the old state.
+3. ``_lstm_kernel`` (layers 1..L-1): the same cell on the previous layer's new h.
+4. ``_project_kernel``: the first program per batch block does all of the step's bookkeeping
+   (out slot, count, on_frame, last_frame, steps, the max-symbols cap, time); then pred_proj of
+   the emitting rows and the copy of their new h/c into the state.
 
-A program whose rows all did not emit returns before touching a weight (early exit). With
-``window=1`` a step is exactly ``StepDecoder.step`` (same buffers after every step, tested);
-with a larger window a step does what a run of ``StepDecoder`` steps does up to the next
-emission, so the hypotheses (tokens, frames, durations, step counts) are the same. Floats equal
-up to rounding (summation order, b_ih + b_hh summed once, tanh(x) as 2 sigmoid(2x) - 1), so a
-token can only differ at an argmax near-tie. Buffers are preallocated and nothing syncs with
-the host, so a run of steps is CUDA-graph capturable (GraphedStepDecoder with compile=False).
+A program whose rows all did not emit returns before touching a weight (early exit), so a blank
+step costs one joint GEMV plus three near-empty launches. Semantics are exactly
+``StepDecoder.step``'s: the same buffers after every step, integers equal, floats equal up to
+rounding (summation order, b_ih + b_hh summed once, tanh(x) as 2 sigmoid(2x) - 1), so a token
+can only differ at an argmax near-tie. Buffers are preallocated and nothing syncs with the
+host, so a run of steps is CUDA-graph capturable (GraphedStepDecoder with compile=False).
 float32 only; weights are copied (packed) at construction.
 """
 
@@ -50,8 +43,7 @@ from budgie.transducer import Decoder, Joint
 class TritonConfig:
     """Tiling. A program handles ``block_b`` rows and ``block_n`` joint outputs, ``block_h``
     hidden units (x4 gate rows) of an LSTM layer, or ``block_j`` prediction projections; its
-    [rows, outputs, k] product tile has about ``tile`` elements (registers per thread).
-    ``window``: frames evaluated per step (a power of two)."""
+    [rows, outputs, k] product tile has about ``tile`` elements (registers per thread)."""
 
     # Defaults: the fastest tiling at batch 1 and 8 on an H100 (16 and 60 us per speech-like
     # step; benchmarks/results/gpu_decoder_micro_h100_2026-11-24.json).
@@ -61,11 +53,6 @@ class TritonConfig:
     block_j: int = 2
     tile: int = 4096
     num_warps: int = 4
-    window: int = 4
-    # The joint covers window x block_n outputs per program: a larger tile keeps its reduction
-    # to a few wide chunks (a long loop of narrow ones is latency-bound: 47 us at window 8).
-    joint_tile: int = 16384
-    joint_warps: int = 8
 
     def rows(self, batch: int) -> int:
         return min(int(triton.next_power_of_2(batch)), self.block_b)
@@ -81,21 +68,19 @@ def _tanh(x):
 
 @triton.jit
 def _joint_kernel(
-    enc_ptr, pred_ptr, w_ptr, bias_ptr, time_ptr, len_ptr, val_ptr, idx_ptr,
-    B, T, J, N, NL,
-    W: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    enc_ptr, pred_ptr, w_ptr, bias_ptr, time_ptr, len_ptr, logits_ptr,
+    B, T, J, N,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
-    # Virtual rows v = row * W + w: frame time + w of a row.
-    vrows = tl.program_id(1) * BB * W + tl.arange(0, BB * W)
-    rows = vrows // W
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
     row_ok = rows < B
     time = tl.load(time_ptr + rows, mask=row_ok, other=0)
     frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
-    frame = tl.minimum(time + vrows % W, tl.maximum(frames - 1, 0))
+    frame = tl.minimum(time, tl.maximum(frames - 1, 0))
     enc_rows = (rows.to(tl.int64) * T + frame) * J
     cols = tl.program_id(0) * BN + tl.arange(0, BN)
     col_ok = cols < N
-    acc = tl.zeros([BB * W, BN], dtype=tl.float32)
+    acc = tl.zeros([BB, BN], dtype=tl.float32)
     for k0 in range(0, J, BK):
         ks = k0 + tl.arange(0, BK)
         k_ok = ks < J
@@ -107,98 +92,57 @@ def _joint_kernel(
         w = tl.load(w_ptr + cols[:, None] * J + ks[None, :], mask=w_mask, other=0.0)
         acc += tl.sum(hidden[:, None, :] * w[None, :, :], axis=2)
     acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
-    # This program's share of both argmaxes (labels, durations): its best value and column.
-    parts = tl.num_programs(0)
-    at = (vrows.to(tl.int64) * parts + tl.program_id(0)) * 2
-    for kind in tl.static_range(2):
-        mine = (cols < NL) if kind == 0 else (col_ok & (cols >= NL))
-        v = tl.where(mine[None, :], acc, float("-inf"))
-        tl.store(val_ptr + at + kind, tl.max(v, axis=1), mask=row_ok)
-        best = tl.argmax(v, axis=1) + tl.program_id(0) * BN - kind * NL
-        tl.store(idx_ptr + at + kind, best.to(tl.int32), mask=row_ok)
+    out = logits_ptr + rows[:, None] * N + cols[None, :]
+    tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
-def _argmax_parts(val_ptr, idx_ptr, vrows, v_ok, parts, kind, BP: tl.constexpr):
-    """Per virtual row, the column of the best of the programs' partial maxima. Programs are
-    in column order, so the first best part holds the first best column (torch's ties)."""
-    ps = tl.arange(0, BP)
-    at = (vrows.to(tl.int64)[:, None] * parts + ps[None, :]) * 2 + kind
-    m = v_ok[:, None] & (ps < parts)[None, :]
-    values = tl.load(val_ptr + at, mask=m, other=float("-inf"))
-    best = tl.argmax(values, axis=1)
-    return tl.load(idx_ptr + (vrows.to(tl.int64) * parts + best) * 2 + kind, mask=v_ok, other=0)
-
-
-@triton.jit
-def _pick(values, ws, w):
-    """values[:, w] of a [rows, W] tensor (w a compile-time index)."""
-    return tl.sum(tl.where(ws[None, :] == w, values, 0), axis=1)
-
-
-@triton.jit
-def _walk_kernel(
-    val_ptr, idx_ptr, time_ptr, len_ptr, dur_ptr, steps_ptr, moves_ptr, sel_ptr,
-    B, PARTS, BLANK,
-    W: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr,
-):  # fmt: skip
-    vrows = tl.program_id(0) * BB * W + tl.arange(0, BB * W)
-    v_ok = vrows // W < B
-    labels = _argmax_parts(val_ptr, idx_ptr, vrows, v_ok, PARTS, 0, BP)
-    index = _argmax_parts(val_ptr, idx_ptr, vrows, v_ok, PARTS, 1, BP)
-    durs = tl.load(dur_ptr + index, mask=v_ok, other=0)
-    labels = tl.reshape(labels, (BB, W))
-    durs = tl.reshape(durs, (BB, W))
-    ws = tl.arange(0, W)
-    rows = tl.program_id(0) * BB + tl.arange(0, BB)
-    row_ok = rows < B
-    time = tl.load(time_ptr + rows, mask=row_ok, other=0)
-    frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
-    offset = tl.zeros([BB], dtype=tl.int64)
-    walking = row_ok & (time < frames)
-    emit = tl.zeros([BB], dtype=tl.int1)
-    label = tl.zeros([BB], dtype=tl.int64) + BLANK
-    dur = tl.zeros([BB], dtype=tl.int64)
-    steps = tl.zeros([BB], dtype=tl.int64)
-    for w in tl.static_range(W):  # frames are visited in order: offsets only grow
-        here = walking & (offset == w)
-        label_w = _pick(labels, ws, w).to(tl.int64)
-        dur_w = _pick(durs, ws, w).to(tl.int64)
-        blank = label_w == BLANK
-        dur_w = tl.where(blank & (dur_w == 0), 1, dur_w)
-        steps += here.to(tl.int64)
-        emits = here & ~blank
-        emit = emit | emits
-        label = tl.where(emits, label_w, label)
-        dur = tl.where(emits, dur_w, dur)
-        offset = tl.where(here & blank, offset + dur_w, offset)
-        walking = walking & ~emits & (time + offset < frames)
-    tl.store(time_ptr + rows, time + offset, mask=row_ok)
-    tl.store(steps_ptr + rows, tl.load(steps_ptr + rows, mask=row_ok, other=0) + steps, mask=row_ok)
-    moved = (time < frames).to(tl.int64)  # machine steps in which the row was active
-    tl.store(moves_ptr + rows, tl.load(moves_ptr + rows, mask=row_ok, other=0) + moved, mask=row_ok)
-    tl.store(sel_ptr + rows * 3, label, mask=row_ok)
-    tl.store(sel_ptr + rows * 3 + 1, dur, mask=row_ok)
-    tl.store(sel_ptr + rows * 3 + 2, emit.to(tl.int64), mask=row_ok)
+def _argmax_rows(ptr, rows, row_ok, stride, n, BB: tl.constexpr, BL: tl.constexpr):
+    """First index of the maximum of ptr[row * stride + 0..n) per row (torch.argmax's ties)."""
+    best = tl.full([BB], float("-inf"), dtype=tl.float32)
+    best_at = tl.zeros([BB], dtype=tl.int32)
+    for l0 in range(0, n, BL):
+        cols = l0 + tl.arange(0, BL)
+        m = row_ok[:, None] & (cols < n)[None, :]
+        v = tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=m, other=float("-inf"))
+        v_max = tl.max(v, axis=1)
+        v_at = tl.argmax(v, axis=1) + l0
+        better = v_max > best  # strict: an earlier chunk keeps a tie
+        best_at = tl.where(better, v_at, best_at)
+        best = tl.where(better, v_max, best)
+    return best_at
 
 
 @triton.jit
 def _lstm_kernel(
-    sel_ptr, embed_ptr, x_ptr, h_ptr, c_ptr, w_ptr, b_ptr, h_out_ptr, c_out_ptr,
-    B, H,
+    logits_ptr, time_ptr, len_ptr, dur_ptr, embed_ptr, x_ptr, h_ptr, c_ptr, w_ptr, b_ptr,
+    h_out_ptr, c_out_ptr, sel_ptr,
+    B, H, N, NL, ND, BLANK,
     FIRST: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     row_ok = rows < B
-    emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
+    if FIRST:
+        time = tl.load(time_ptr + rows, mask=row_ok, other=0)
+        frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
+        label = _argmax_rows(logits_ptr, rows, row_ok, N, NL, BB, BL)
+        emit = row_ok & (time < frames) & (label != BLANK)
+        if tl.program_id(0) == 0:
+            index = _argmax_rows(logits_ptr + NL, rows, row_ok, N, ND, BB, BD)
+            dur = tl.load(dur_ptr + index, mask=row_ok, other=0)
+            dur = tl.where((label == BLANK) & (dur == 0), 1, dur)
+            tl.store(sel_ptr + rows * 3, label.to(tl.int64), mask=row_ok)
+            tl.store(sel_ptr + rows * 3 + 1, dur, mask=row_ok)
+            tl.store(sel_ptr + rows * 3 + 2, emit.to(tl.int64), mask=row_ok)
+        x_rows = label.to(tl.int64) * H  # layer 0 input: the label's embedding row
+        x_base = embed_ptr
+    else:
+        emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
+        x_rows = rows.to(tl.int64) * H  # the previous layer's new h
+        x_base = x_ptr
     if tl.max(emit.to(tl.int32), axis=0) == 0:
         return
-    if FIRST:  # layer 0 input: the emitted label's embedding row
-        x_rows = tl.load(sel_ptr + rows * 3, mask=row_ok, other=0) * H
-        x_base = embed_ptr
-    else:  # the previous layer's new h
-        x_rows = rows.to(tl.int64) * H
-        x_base = x_ptr
     hs = tl.program_id(0) * BH + tl.arange(0, BH)
     h_ok = hs < H
     acc_i = tl.zeros([BB, BH], dtype=tl.float32)
@@ -235,21 +179,23 @@ def _lstm_kernel(
 
 @triton.jit
 def _bookkeeping(
-    rows, row_ok, sel_ptr, time_ptr, len_ptr, count_ptr, on_frame_ptr, last_frame_ptr,
-    out_ptr, CAP, MAX_SYMBOLS,
+    rows, row_ok, sel_ptr, time_ptr, len_ptr, steps_ptr, count_ptr, on_frame_ptr,
+    last_frame_ptr, out_ptr, CAP, MAX_SYMBOLS,
 ):  # fmt: skip
-    """The integer updates of an emission (the walk kept ``time`` and ``steps`` up to date)."""
+    """StepDecoder.step's integer updates for the rows of one block."""
     label = tl.load(sel_ptr + rows * 3, mask=row_ok, other=0)
     dur = tl.load(sel_ptr + rows * 3 + 1, mask=row_ok, other=0)
     emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
     time = tl.load(time_ptr + rows, mask=row_ok, other=0)
     frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
     active = time < frames
+    steps = tl.load(steps_ptr + rows, mask=row_ok, other=0)
+    tl.store(steps_ptr + rows, steps + active.to(tl.int64), mask=row_ok)
     count = tl.load(count_ptr + rows, mask=row_ok, other=0)
     slot = out_ptr + (rows.to(tl.int64) * CAP + tl.minimum(count, CAP - 1)) * 3
-    tl.store(slot, label, mask=emit)
-    tl.store(slot + 1, time, mask=emit)
-    tl.store(slot + 2, dur, mask=emit)
+    tl.store(slot, label, mask=row_ok)
+    tl.store(slot + 1, time, mask=row_ok)
+    tl.store(slot + 2, dur, mask=row_ok)
     tl.store(count_ptr + rows, count + emit.to(tl.int64), mask=row_ok)
     on_frame = tl.load(on_frame_ptr + rows, mask=row_ok, other=0)
     last_frame = tl.load(last_frame_ptr + rows, mask=row_ok, other=0)
@@ -265,7 +211,7 @@ def _bookkeeping(
 @triton.jit
 def _project_kernel(
     w_ptr, bias_ptr, pred_ptr, h_new_ptr, c_new_ptr, h_ptr, c_ptr,
-    sel_ptr, time_ptr, len_ptr, count_ptr, on_frame_ptr, last_frame_ptr, out_ptr,
+    sel_ptr, time_ptr, len_ptr, steps_ptr, count_ptr, on_frame_ptr, last_frame_ptr, out_ptr,
     B, H, J, L, CAP, MAX_SYMBOLS,
     BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
@@ -273,7 +219,7 @@ def _project_kernel(
     row_ok = rows < B
     if tl.program_id(0) == 0:
         _bookkeeping(
-            rows, row_ok, sel_ptr, time_ptr, len_ptr, count_ptr, on_frame_ptr,
+            rows, row_ok, sel_ptr, time_ptr, len_ptr, steps_ptr, count_ptr, on_frame_ptr,
             last_frame_ptr, out_ptr, CAP, MAX_SYMBOLS,
         )  # fmt: skip
     emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
@@ -311,7 +257,6 @@ class Launch(NamedTuple):
     grid: tuple[int, int]
     args: tuple[Any, ...]
     consts: dict[str, Any]
-    num_warps: int
 
 
 class TritonStepDecoder(StepDecoder):
@@ -349,64 +294,50 @@ class TritonStepDecoder(StepDecoder):
                 for _, _, b_ih, b_hh in self.lstm.layers
             ]
         self.num_outputs = self.w_out.shape[0]
-        window = self.config.window
-        # Per (row, window frame, joint program): the program's best label and duration.
-        parts = triton.cdiv(self.num_outputs, self.config.block_n)
-        self.part_val = torch.zeros(batch * window, parts, 2, device=device)
-        self.part_idx = torch.zeros(batch * window, parts, 2, dtype=torch.int32, device=device)
+        self.logits = torch.zeros(batch, self.num_outputs, device=device)
         self.sel = torch.zeros(batch, 3, dtype=torch.long, device=device)  # label, duration, emit
-        self.moves = torch.zeros(batch, dtype=torch.long, device=device)
         self.h_new = torch.zeros_like(self.h)
         self.c_new = torch.zeros_like(self.c)
         self._launches = self._plan()
 
     def _plan(self) -> list[Launch]:
         """The step's kernel launches, fixed for the machine's life (graph capture needs that)."""
-        cfg, b, window = self.config, self.batch, self.config.window
+        cfg, b = self.config, self.batch
         bb = cfg.rows(b)
         row_blocks = triton.cdiv(b, bb)
         hidden, layers, pred_hidden = self.enc_proj.shape[2], self.h.shape[0], self.h.shape[2]
         outputs, labels = self.num_outputs, self.num_labels
-        joint_n = cfg.block_n
-        parts = triton.cdiv(outputs, joint_n)
-        joint_k = min(triton.next_power_of_2(hidden), cfg.joint_tile // (bb * window * joint_n))
         args: tuple[Any, ...] = (self.enc_proj, self.pred_proj, self.w_out, self.b_out)
-        args += (self.time, self.lengths, self.part_val, self.part_idx, b, self.max_frames)
-        args += (hidden, outputs, labels)
-        consts: dict[str, Any] = dict(W=window, BB=bb, BN=joint_n)
-        consts["BK"] = max(16, joint_k)
-        plan = [Launch(_joint_kernel, (parts, row_blocks), args, consts, cfg.joint_warps)]
-        args = (self.part_val, self.part_idx, self.time, self.lengths, self.durations)
-        args += (self.steps, self.moves, self.sel, b, parts, self.blank)
-        consts = dict(W=window, BB=bb, BP=triton.next_power_of_2(parts))
-        plan.append(Launch(_walk_kernel, (row_blocks, 1), args, consts, cfg.joint_warps))
+        args += (self.time, self.lengths, self.logits, b, self.max_frames, hidden, outputs)
+        consts: dict[str, Any] = dict(BB=bb, BN=cfg.block_n)
+        consts["BK"] = cfg.block_k(bb, cfg.block_n, hidden)
+        plan = [
+            Launch(_joint_kernel, (triton.cdiv(outputs, cfg.block_n), row_blocks), args, consts)
+        ]
         for layer in range(layers):
-            args = (self.sel, self.embed, self.h_new[max(layer - 1, 0)], self.h[layer])
-            args += (self.c[layer], self.w_lstm[layer], self.b_lstm[layer], self.h_new[layer])
-            args += (self.c_new[layer], b, pred_hidden)
+            args = (self.logits, self.time, self.lengths, self.durations, self.embed)
+            args += (self.h_new[max(layer - 1, 0)], self.h[layer], self.c[layer])
+            args += (self.w_lstm[layer], self.b_lstm[layer], self.h_new[layer], self.c_new[layer])
+            args += (self.sel, b, pred_hidden, outputs, labels, outputs - labels, self.blank)
             consts = dict(FIRST=layer == 0, BB=bb, BH=cfg.block_h)
             consts["BK"] = cfg.block_k(bb, cfg.block_h, 2 * pred_hidden)
+            consts["BL"] = min(triton.next_power_of_2(labels), max(16, 2048 // bb))
+            consts["BD"] = triton.next_power_of_2(outputs - labels)
             grid = (triton.cdiv(pred_hidden, cfg.block_h), row_blocks)
-            plan.append(Launch(_lstm_kernel, grid, args, consts, cfg.num_warps))
+            plan.append(Launch(_lstm_kernel, grid, args, consts))
         args = (self.w_pred, self.b_pred, self.pred_proj, self.h_new, self.c_new, self.h, self.c)
-        args += (self.sel, self.time, self.lengths, self.count, self.on_frame)
+        args += (self.sel, self.time, self.lengths, self.steps, self.count, self.on_frame)
         args += (self.last_frame, self.out, b, pred_hidden, hidden, layers, self.capacity)
         args += (self.max_symbols,)
         consts = dict(BB=bb, BJ=cfg.block_j, BC=max(16, 1024 // bb))
         consts["BK"] = cfg.block_k(bb, cfg.block_j, pred_hidden)
         grid = (triton.cdiv(hidden, cfg.block_j), row_blocks)
-        plan.append(Launch(_project_kernel, grid, args, consts, cfg.num_warps))
+        plan.append(Launch(_project_kernel, grid, args, consts))
         return plan
 
-    def reset(self, enc_proj: torch.Tensor, lengths: torch.Tensor) -> None:
-        super().reset(enc_proj, lengths)
-        self.moves.zero_()
-
-    def machine_steps(self, batch: int) -> list[int]:
-        return [int(n) for n in self.moves[:batch].tolist()]
-
     def step(self) -> None:
-        """Per row, the joint evaluations up to and including the next emission within the
-        window (or until the window or the input ends), with every consequence applied."""
+        """One joint evaluation per row, with every consequence applied in place."""
         for launch in self._launches:
-            launch.kernel[launch.grid](*launch.args, **launch.consts, num_warps=launch.num_warps)
+            launch.kernel[launch.grid](
+                *launch.args, **launch.consts, num_warps=self.config.num_warps
+            )
