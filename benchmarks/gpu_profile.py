@@ -34,6 +34,7 @@ from budgie.synth import synth_nemo  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "graphs": {"compile_decoder": False, "compile_encoder": False, "triton": False},
+    "graphs_triton": {"compile_decoder": False, "compile_encoder": False, "triton": True},
     "compile_decoder": {"compile_decoder": True, "compile_encoder": False, "triton": False},
     "compile_both": {"compile_decoder": True, "compile_encoder": True, "triton": False},
     "compile_both_triton": {"compile_decoder": True, "compile_encoder": True, "triton": True},
