@@ -35,6 +35,12 @@ from budgie.synth import synth_nemo  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "graphs": {"compile_decoder": False, "compile_encoder": False, "triton": False},
     "graphs_triton": {"compile_decoder": False, "compile_encoder": False, "triton": True},
+    "graphs_triton_unfused": {
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "fused": False,
+    },
     "compile_decoder": {"compile_decoder": True, "compile_encoder": False, "triton": False},
     "compile_both": {"compile_decoder": True, "compile_encoder": True, "triton": False},
     "compile_both_triton": {"compile_decoder": True, "compile_encoder": True, "triton": True},
@@ -46,10 +52,12 @@ def runner(
     compile_decoder: bool,
     compile_encoder: bool,
     triton: bool,
+    fused: bool = True,
 ) -> CudaRunner:
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton:
         made.triton_decoder = None
+    made.fused_encoder = fused
     return made
 
 

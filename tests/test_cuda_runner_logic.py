@@ -112,3 +112,30 @@ def test_decoder_falls_back_to_the_torch_step_when_triton_fails(
 )
 def test_compile_is_opt_in(setting: str, parts: set[str]) -> None:
     assert cuda_runner.compile_targets(setting) == parts
+
+
+def test_fused_encoder_layers_only_in_16_bit(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float32 keeps the eager layers (NeMo-exact); 16-bit weights get the Triton-fused layer
+    where triton imports, unless BUDGIE_TRITON=0."""
+    import copy
+
+    network = copy.deepcopy(synth_models.model("tiny").network)
+    assert cuda_runner.fused_layer_runner(network) is None
+    network.encoder.fold_batch_norms()
+    network.encoder.set_matmul_dtype(torch.bfloat16)
+    try:
+        import triton  # noqa: F401
+
+        has_triton = True
+    except ImportError:
+        has_triton = False
+    runner = cuda_runner.fused_layer_runner(network)
+    assert (runner is not None) == has_triton
+    if has_triton:
+        from budgie.triton_encoder import fused_layer
+
+        assert runner is fused_layer
+    monkeypatch.setenv("BUDGIE_TRITON", "0")
+    assert cuda_runner.fused_layer_runner(network) is None

@@ -86,6 +86,22 @@ def triton_step_decoder() -> type[StepDecoder] | None:
     return TritonStepDecoder
 
 
+def fused_layer_runner(network: ParakeetTDT) -> LayerRunner | None:
+    """The Triton-fused layer (triton_encoder.py) for 16-bit encoder weights; None in float32
+    (kept exactly eager), without triton, or with BUDGIE_TRITON=0."""
+    layer = network.encoder.layers[0]
+    assert isinstance(layer, ConformerLayer)
+    if layer.feed_forward1.linear1.weight.dtype == torch.float32:
+        return None
+    if os.environ.get("BUDGIE_TRITON", "1") == "0":
+        return None
+    try:
+        from budgie.triton_encoder import fused_layer
+    except ImportError:
+        return None
+    return fused_layer
+
+
 def compiled_layer_runner() -> LayerRunner:
     """One Inductor-compiled conformer layer for every layer and length (dynamic shapes):
     the ~60 small kernels of a layer become ~20, which is what bounds a layer at small batch.
@@ -218,6 +234,7 @@ class CudaRunner:
         self.compile_decoder = compile_decoder
         self.compile_encoder = compile_encoder
         self.triton_decoder = triton_step_decoder()
+        self.fused_encoder = True  # Triton-fused layers in 16-bit when available
         self._layer_runner: LayerRunner | None = None
         self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
         self._staging = PinnedStaging()
@@ -260,7 +277,21 @@ class CudaRunner:
                 # Layers only: the subsampling compiled with dynamic shapes measured 3-10x
                 # slower (fused mask/ReLU kernels) than cuDNN + eager ops on an H100.
                 self._layer_runner = compiled_layer_runner()
-            graph = self._encoders[key] = _EncoderGraph(net, *key, self._layer_runner)
+            elif self._layer_runner is None and self.fused_encoder:
+                self._layer_runner = fused_layer_runner(net)
+            try:
+                graph = _EncoderGraph(net, *key, self._layer_runner)
+            except Exception as exc:  # e.g. Triton cannot build here: eager layers instead
+                if self.compile_encoder or not self.fused_encoder:
+                    raise
+                warnings.warn(
+                    f"fused encoder kernels unavailable here, using eager layers: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.fused_encoder, self._layer_runner = False, None
+                graph = _EncoderGraph(net, *key, None)
+            self._encoders[key] = graph
         if graph is None:
             encoded, enc_lengths = net.encoder(features, lengths)
             return encoded, enc_lengths
