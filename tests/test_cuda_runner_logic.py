@@ -139,3 +139,27 @@ def test_fused_encoder_layers_only_in_16_bit(
         assert runner is fused_layer
     monkeypatch.setenv("BUDGIE_TRITON", "0")
     assert cuda_runner.fused_layer_runner(network) is None
+
+
+class _FakeTriton(StepDecoder):
+    """Stands in for the Triton machine (a plain StepDecoder: only its type is looked at)."""
+
+
+@pytest.mark.parametrize(
+    ("compiled", "batch", "triton"),
+    [(False, 1, True), (False, 32, True), (False, 64, False), (True, 8, True), (True, 16, False)],
+)
+def test_triton_decoder_batch_limit(
+    synth_models: SynthModels,
+    monkeypatch: pytest.MonkeyPatch,
+    compiled: bool,
+    batch: int,
+    triton: bool,
+) -> None:
+    """Triton up to batch 32 against the graphed torch step, up to 8 against the compiled one."""
+    monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
+    runner = cuda_runner.CudaRunner(synth_models.model("tiny").network, compile_decoder=compiled)
+    runner.triton_decoder = _FakeTriton
+    machine, graph = runner._decoder_machine(batch, 512, torch.device("cpu"), graphed=True)
+    assert (type(machine) is _FakeTriton) == triton
+    assert isinstance(graph, _FakeGraph) and graph.compile == (compiled and not triton)

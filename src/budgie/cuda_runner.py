@@ -42,10 +42,13 @@ from budgie.model import ParakeetTDT
 FEATURE_BUCKET = 128
 # Decoder machines hold this many encoder frames at a time (40 s); longer inputs get a larger one.
 DECODER_FRAMES = 512
-# Up to this batch the decoder step runs as Triton kernels (triton_decoding.py): measured on an
-# H100, 16 vs 49 us per step at batch 1, 60 vs 73 at 8, slower from 16 on
-# (benchmarks/results/gpu_decoder_micro_h100_2026-11-24.json).
-TRITON_MAX_BATCH = 8
+# Up to this batch the decoder step runs as Triton kernels (triton_decoding.py). Speech-like
+# step times on an H100 (benchmarks/results/gpu_decoder_micro_h100_2026-11-24.json), Triton vs
+# the graphed torch step: 16 vs 120 us at batch 1, 60-95 vs 141 at 8, 85 vs 187 at 16, 172 vs
+# 197 at 32; the torch.compile'd step (BUDGIE_COMPILE=decoder) takes 49, 73, 109, 109, so with
+# it Triton stops at TRITON_MAX_BATCH_COMPILED.
+TRITON_MAX_BATCH = 32
+TRITON_MAX_BATCH_COMPILED = 8
 # Inputs shorter than this many encoder frames do not update the steps-per-frame estimate.
 MIN_FRAMES_FOR_RATE = 32
 # Batch sizes are rounded up to these (extra rows have length 0 and are ignored).
@@ -301,9 +304,11 @@ class CudaRunner:
         self, batch: int, frames: int, device: torch.device, graphed: bool
     ) -> tuple[StepDecoder, GraphedStepDecoder | None]:
         """A step machine for (batch, frames): the Triton one in a graph up to
-        TRITON_MAX_BATCH, else the torch one (graphed, compiled unless disabled)."""
+        TRITON_MAX_BATCH (TRITON_MAX_BATCH_COMPILED when the torch step is compiled), else the
+        torch one (graphed; compiled when asked)."""
         net = self.network
-        if graphed and self.triton_decoder is not None and batch <= TRITON_MAX_BATCH:
+        limit = TRITON_MAX_BATCH_COMPILED if self.compile_decoder else TRITON_MAX_BATCH
+        if graphed and self.triton_decoder is not None and batch <= limit:
             try:
                 triton_machine = self.triton_decoder.for_network(net, batch, frames, device)
                 return triton_machine, GraphedStepDecoder(triton_machine, False)
