@@ -20,8 +20,22 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not (torch.cuda.is_available() or INTERPRET):
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-from budgie.encoder import ConformerEncoder, ConformerLayer, time_mask  # noqa: E402
-from budgie.triton_encoder import add_layer_norm, fused_layer, glu_depthwise_silu  # noqa: E402
+from budgie.encoder import (  # noqa: E402
+    ConformerEncoder,
+    ConformerLayer,
+    RelPositionMultiHeadAttention,
+    position_bias,
+    time_mask,
+)
+from budgie.triton_encoder import (  # noqa: E402
+    add_layer_norm,
+    fused_attention,
+    fused_layer,
+    glu_depthwise_silu,
+    merge_heads,
+    position_bias_fused,
+    query_terms,
+)
 from conftest import SynthModels  # noqa: E402
 
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
@@ -123,3 +137,67 @@ def test_fused_layer_matches_the_eager_layer(synth_models: SynthModels, lengths:
         float(err.max()),
         float(err.mean()),
     )
+
+
+def attention(synth_models: SynthModels) -> tuple[ConformerEncoder, RelPositionMultiHeadAttention]:
+    encoder = bf16_encoder(synth_models)
+    attn = encoder.layers[0].self_attn
+    assert isinstance(attn, RelPositionMultiHeadAttention)
+    with torch.no_grad():  # non-zero biases, so that a wrong one shows
+        attn.pos_bias_u.uniform_(-0.5, 0.5)
+        attn.pos_bias_v.uniform_(-0.5, 0.5)
+    return encoder, attn
+
+
+def test_query_terms(synth_models: SynthModels) -> None:
+    _, attn = attention(synth_models)
+    b, t = 2, 5
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(b, t, attn.h * attn.d_k, generator=gen).to(DEVICE, DTYPE)
+    q_u, by_head = query_terms(attn, q)
+    heads = q.view(b, t, attn.h, attn.d_k)
+    want_u = (heads.float() + attn.pos_bias_u).to(DTYPE).transpose(1, 2)
+    want_v = (heads.float() + attn.pos_bias_v).to(DTYPE)
+    want_v = want_v.permute(2, 0, 1, 3).reshape(attn.h, b * t, attn.d_k)
+    close_bf16(want_u.contiguous(), q_u.contiguous())
+    close_bf16(want_v, by_head)
+
+
+@pytest.mark.parametrize("lengths", [[6, 6], [6, 2]])
+def test_position_bias(lengths: list[int]) -> None:
+    h, t = 3, max(lengths)
+    gen = torch.Generator().manual_seed(4)
+    bd = torch.randn(h, len(lengths) * t, 2 * t, generator=gen).to(DEVICE, DTYPE)
+    valid = None if min(lengths) == t else lengths_and_mask(lengths, t)
+    want = position_bias(bd.view(h, len(lengths), t, -1), 0.125, valid)
+    got = position_bias_fused(bd, len(lengths), 0.125, valid)
+    assert got.shape == want.shape == (len(lengths), h, t, t)
+    close_bf16(want.contiguous(), got)  # x 0.125 is exact: equal but for the dtype rounding
+    if valid is not None:
+        assert bool((got[1, :, :, 2:] == want[1, :, :, 2:]).all())  # the fill value
+
+
+@pytest.mark.parametrize("lengths", [[4, 4], [4, 1]])
+def test_merge_heads(lengths: list[int]) -> None:
+    gen = torch.Generator().manual_seed(5)
+    b, h, t, dk = len(lengths), 3, max(lengths), 8
+    o = torch.randn(b, t, h, dk, generator=gen).to(DEVICE, DTYPE).transpose(1, 2)  # strided
+    valid = None if min(lengths) == t else lengths_and_mask(lengths, t)
+    want = o if valid is None else o.masked_fill(~valid[:, None, :, None], 0.0)
+    want = want.transpose(1, 2).reshape(b, t, h * dk)
+    assert torch.equal(merge_heads(o, valid), want)
+
+
+@pytest.mark.skipif(INTERPRET, reason="the CPU module runs plain attention, not SDPA")
+@pytest.mark.parametrize("lengths", [[9, 9], [9, 3]])
+def test_fused_attention_equals_the_module(synth_models: SynthModels, lengths: list[int]) -> None:
+    encoder, attn = attention(synth_models)
+    t = max(lengths)
+    gen = torch.Generator().manual_seed(6)
+    y = torch.randn(len(lengths), t, encoder.cfg.d_model, generator=gen).to(DEVICE, DTYPE)
+    valid = None if min(lengths) == t else lengths_and_mask(lengths, t)
+    positions = encoder.layer_positions(t, DEVICE)[0]
+    with torch.inference_mode():
+        want = attn(y, positions, valid)
+        got = fused_attention(attn, y, positions, valid)
+    assert torch.equal(got, want)

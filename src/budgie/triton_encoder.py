@@ -20,17 +20,29 @@ Used by cuda_runner for CUDA graphs in bf16/fp16 (``run_layer`` of ConformerEnco
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor, nn
 
-from budgie.encoder import ConformerLayer, ConvolutionModule, FeedForward, LayerRunner
+from budgie.encoder import (
+    INF_VAL,
+    ConformerLayer,
+    ConvolutionModule,
+    FeedForward,
+    LayerRunner,
+    RelPositionMultiHeadAttention,
+)
 
 ROWS_PER_PROGRAM = 4  # LayerNorm rows per program
 TIME_BLOCK = 16  # frames per program of the depthwise kernel
 CHANNEL_BLOCK = 128  # channels per program of the depthwise kernel
+QUERY_ROWS, QUERY_COLUMNS = 4, 256  # query-term kernel tile
+BIAS_COLUMNS = 256  # key positions per program of the position-bias kernel
+MERGE_COLUMNS = 256  # channels per program of the head-merging kernel
 
 
 @triton.jit
@@ -86,6 +98,72 @@ def _glu_depthwise_kernel(
     tl.store(out_ptr + at, out, mask=(ts < T)[:, None] & c_ok[None, :])
 
 
+@triton.jit
+def _query_kernel(
+    q_ptr, u_ptr, v_ptr, q_u_ptr, by_head_ptr,
+    N, HD, ROWS,
+    BR: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    # q [ROWS = B*T, H*dk] -> q_u (same layout) = q + u and by_head [H, ROWS, dk] = q + v,
+    # the additions in float32 like the eager (q.float() + bias).to(dtype).
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    m = (rows < ROWS)[:, None] & (cols < HD)[None, :]
+    q = tl.load(q_ptr + rows.to(tl.int64)[:, None] * HD + cols[None, :], mask=m, other=0.0)
+    q = q.to(tl.float32)
+    u = tl.load(u_ptr + cols, mask=cols < HD, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + cols, mask=cols < HD, other=0.0).to(tl.float32)
+    dtype = q_u_ptr.dtype.element_ty
+    tl.store(q_u_ptr + rows.to(tl.int64)[:, None] * HD + cols[None, :], (q + u).to(dtype), mask=m)
+    head, d = cols // N, cols % N
+    at = (head.to(tl.int64)[None, :] * ROWS + rows[:, None]) * N + d[None, :]
+    tl.store(by_head_ptr + at, (q + v).to(dtype), mask=m)
+
+
+@triton.jit
+def _position_bias_kernel(
+    bd_ptr, valid_ptr, out_ptr,
+    H, B, T, P, scale, fill,
+    HAS_MASK: tl.constexpr, BJ: tl.constexpr,
+):  # fmt: skip
+    # bd [H, B*T, P] scores against positions T-1, T-2, ... -> bias [B, H, T, T]: the score of
+    # relative position j - i (column T-1-i+j), scaled; padded keys get ``fill``.
+    i = tl.program_id(1)
+    bh = tl.program_id(2)
+    b, head = bh // H, bh % H
+    js = tl.program_id(0) * BJ + tl.arange(0, BJ)
+    j_ok = js < T
+    row = (head.to(tl.int64) * B + b) * T + i
+    score = tl.load(bd_ptr + row * P + (T - 1 - i) + js, mask=j_ok, other=0.0).to(tl.float32)
+    bias = (score * scale).to(out_ptr.dtype.element_ty)
+    if HAS_MASK:
+        valid = tl.load(valid_ptr + b * T + js, mask=j_ok, other=0) != 0
+        filled = (tl.zeros([BJ], dtype=tl.float32) + fill).to(out_ptr.dtype.element_ty)
+        bias = tl.where(valid, bias, filled)
+    out = ((b.to(tl.int64) * H + head) * T + i) * T
+    tl.store(out_ptr + out + js, bias, mask=j_ok)
+
+
+@triton.jit
+def _merge_heads_kernel(
+    o_ptr, valid_ptr, out_ptr,
+    T, N, HD, s_b, s_h, s_t,
+    HAS_MASK: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    # attention output [B, H, T, dk] (any strides, dk contiguous) -> [B, T, H*dk], padded
+    # query rows zeroed (NeMo zeroes them).
+    bt = tl.program_id(0)
+    b, t = bt // T, bt % T
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    ok = cols < HD
+    head, d = cols // N, cols % N
+    src = b.to(tl.int64) * s_b + head * s_h + t * s_t + d
+    x = tl.load(o_ptr + src, mask=ok, other=0.0)
+    if HAS_MASK:
+        x = tl.where(tl.load(valid_ptr + bt) != 0, x, 0.0)
+    tl.store(out_ptr + bt.to(tl.int64) * HD + cols, x.to(out_ptr.dtype.element_ty), mask=ok)
+
+
 def add_layer_norm(
     x: Tensor, branch: Tensor | None, scale: float, norm: nn.LayerNorm, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
@@ -121,6 +199,65 @@ def glu_depthwise_silu(conv: ConvolutionModule, g: Tensor, valid: Tensor | None)
     return out
 
 
+def query_terms(attn: RelPositionMultiHeadAttention, q: Tensor) -> tuple[Tensor, Tensor]:
+    """q [B, T, H*dk] -> (q + pos_bias_u as [B, H, T, dk] view, (q + pos_bias_v) as
+    [H, B*T, dk]), both in q's dtype."""
+    b, t, hd = q.shape
+    q_u = torch.empty_like(q)
+    by_head = torch.empty(attn.h, b * t, attn.d_k, dtype=q.dtype, device=q.device)
+    grid = (triton.cdiv(b * t, QUERY_ROWS), triton.cdiv(hd, QUERY_COLUMNS))
+    _query_kernel[grid](
+        q, attn.pos_bias_u, attn.pos_bias_v, q_u, by_head, attn.d_k, hd, b * t,
+        BR=QUERY_ROWS, BC=QUERY_COLUMNS,
+    )  # fmt: skip
+    return q_u.view(b, t, attn.h, attn.d_k).transpose(1, 2), by_head
+
+
+def position_bias_fused(bd: Tensor, batch: int, scale: float, valid: Tensor | None) -> Tensor:
+    """bd [H, B*T, P] -> the attention bias [B, H, T, T] in bd's dtype (encoder.position_bias)."""
+    h, bt, p = bd.shape
+    t = bt // batch
+    out = torch.empty(batch, h, t, t, dtype=bd.dtype, device=bd.device)
+    grid = (triton.cdiv(t, BIAS_COLUMNS), t, batch * h)
+    _position_bias_kernel[grid](
+        bd, valid if valid is not None else bd, out, h, batch, t, p, scale, -INF_VAL,
+        HAS_MASK=valid is not None, BJ=BIAS_COLUMNS,
+    )  # fmt: skip
+    return out
+
+
+def merge_heads(o: Tensor, valid: Tensor | None) -> Tensor:
+    """[B, H, T, dk] -> [B, T, H*dk] with padded query rows zeroed."""
+    b, h, t, dk = o.shape
+    if o.stride(3) != 1:
+        o = o.contiguous()
+    out = torch.empty(b, t, h * dk, dtype=o.dtype, device=o.device)
+    grid = (b * t, triton.cdiv(h * dk, MERGE_COLUMNS))
+    _merge_heads_kernel[grid](
+        o, valid if valid is not None else o, out, t, dk, h * dk,
+        o.stride(0), o.stride(1), o.stride(2),
+        HAS_MASK=valid is not None, BC=MERGE_COLUMNS,
+    )  # fmt: skip
+    return out
+
+
+def fused_attention(
+    attn: RelPositionMultiHeadAttention, y: Tensor, positions: Tensor, valid: Tensor | None
+) -> Tensor:
+    """RelPositionMultiHeadAttention.forward (CUDA path) on a 16-bit input, its elementwise
+    steps as 3 kernels: the same roundings, so the same numbers as the eager module."""
+    b, t, _ = y.shape
+    q = attn.linear_q(y)
+    k = attn.linear_k(y).view(b, t, attn.h, attn.d_k).transpose(1, 2)
+    v = attn.linear_v(y).view(b, t, attn.h, attn.d_k).transpose(1, 2)
+    q_u, by_head = query_terms(attn, q)
+    bd = torch.matmul(by_head, positions[0].transpose(-2, -1))
+    bias = position_bias_fused(bd, b, 1.0 / math.sqrt(attn.d_k), valid)
+    out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=bias)
+    merged: Tensor = attn.linear_out(merge_heads(out, valid))
+    return merged
+
+
 def _feed_forward(ff: FeedForward, y: Tensor) -> Tensor:
     out: Tensor = ff.linear2(F.silu(ff.linear1(y)))
     return out
@@ -141,7 +278,8 @@ def fused_layer(
     dt = layer.feed_forward1.linear1.weight.dtype
     _, y = add_layer_norm(x, None, 1.0, layer.norm_feed_forward1, dt)
     x, y = add_layer_norm(x, _feed_forward(layer.feed_forward1, y), 0.5, layer.norm_self_att, dt)
-    x, y = add_layer_norm(x, layer.self_attn(y, positions, valid), 1.0, layer.norm_conv, dt)
+    branch = fused_attention(layer.self_attn, y, positions, valid)
+    x, y = add_layer_norm(x, branch, 1.0, layer.norm_conv, dt)
     x, y = add_layer_norm(x, _convolution(layer.conv, y, valid), 1.0, layer.norm_feed_forward2, dt)
     branch = _feed_forward(layer.feed_forward2, y)
     _, out = add_layer_norm(x, branch, 0.5, layer.norm_out, torch.float32)
