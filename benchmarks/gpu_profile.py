@@ -35,6 +35,12 @@ from budgie.synth import synth_nemo  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "graphs": {"compile_decoder": False, "compile_encoder": False, "triton": False},
     "graphs_triton": {"compile_decoder": False, "compile_encoder": False, "triton": True},
+    "graphs_triton_fp32_decoder": {
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "fp32_decoder": True,
+    },
     "graphs_triton_unfused": {
         "compile_decoder": False,
         "compile_encoder": False,
@@ -53,10 +59,23 @@ def runner(
     compile_encoder: bool,
     triton: bool,
     fused: bool = True,
+    fp32_decoder: bool = False,
 ) -> CudaRunner:
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton:
         made.triton_decoder = None
+    elif fp32_decoder:  # the Triton step with float32 weights whatever the model's dtype
+        from budgie.gpu_decoding import StepDecoder
+        from budgie.triton_decoding import TritonStepDecoder
+
+        class Float32Weights(TritonStepDecoder):
+            @classmethod
+            def for_network(
+                cls, network: Any, batch: int, max_frames: int, device: torch.device
+            ) -> StepDecoder:
+                return StepDecoder.for_network.__func__(cls, network, batch, max_frames, device)  # type: ignore[attr-defined,no-any-return]
+
+        made.triton_decoder = Float32Weights
     made.fused_encoder = fused
     return made
 

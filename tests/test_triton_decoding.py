@@ -96,14 +96,16 @@ def observe(ref: StepDecoder, cover: Coverage, step: int) -> None:
         cover.finished_at[row] = step
 
 
-def assert_same_state(ref: StepDecoder, tri: TritonStepDecoder, step: int) -> None:
+def assert_same_state(
+    ref: StepDecoder, tri: TritonStepDecoder, step: int, tol: float = 1e-5
+) -> None:
     for name in INT_STATE:
         want, got = getattr(ref, name), getattr(tri, name)
         assert torch.equal(want, got), f"step {step}: {name}\n{want}\n{got}"
     for name in FLOAT_STATE:
         want, got = getattr(ref, name), getattr(tri, name)
         err = float((want - got).abs().max())
-        assert torch.allclose(want, got, rtol=1e-5, atol=1e-5), f"step {step}: {name} {err}"
+        assert torch.allclose(want, got, rtol=tol, atol=tol), f"step {step}: {name} {err}"
 
 
 # (lengths, enc_proj scale, seed): chosen so that each covers every rule (asserted below).
@@ -184,3 +186,52 @@ def test_rows_per_program(batch: int, rows: int) -> None:
 )
 def test_reduction_block_fits_the_tile(rows: int, outputs: int, k: int, block: int) -> None:
     assert TritonConfig().block_k(rows, outputs, k) == block
+
+
+def rounded_weights(net: ParakeetTDT, dtype: torch.dtype) -> ParakeetTDT:
+    """A copy whose LSTM, prediction-projection and joint-output weight matrices are rounded to
+    ``dtype`` (and kept float32): what a machine reading them in ``dtype`` computes."""
+    rounded = copy.deepcopy(net)
+    lstm = rounded.decoder.prediction.dec_rnn.lstm
+    matrices = [p for n, p in lstm.named_parameters() if n.startswith("weight")]
+    out = rounded.joint.joint_net[2]
+    assert isinstance(out, torch.nn.Linear)
+    with torch.no_grad():
+        for weight in [*matrices, rounded.joint.pred.weight, out.weight]:
+            weight.copy_(weight.to(dtype).float())
+    return rounded
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_weights_decode_as_the_rounded_float32_network(
+    synth_models: SynthModels, device: str
+) -> None:
+    """weight_dtype=bf16: the same as the torch machine on bf16-rounded weights, and (on these
+    inputs) not the same as with the float32 weights, so the bf16 copy is really used."""
+    net = network(synth_models, device)
+    lengths, frames = [16, 9], 16
+    dev = torch.device(device)
+    durations = net.cfg.decoding.durations
+    rounded = rounded_weights(net, torch.bfloat16)
+    ref = StepDecoder(rounded.decoder, rounded.joint, 2, frames, durations, MAX_SYMBOLS, dev)
+    tri = TritonStepDecoder(
+        net.decoder, net.joint, 2, frames, durations, MAX_SYMBOLS, dev, CONFIGS["coarse"],
+        weight_dtype=torch.bfloat16,
+    )  # fmt: skip
+    assert tri.w_out.dtype == tri.w_lstm[0].dtype == torch.bfloat16
+    enc, lens = random_enc_proj(net, lengths, frames, 1.5, 0, device)
+    with torch.inference_mode():
+        ref.reset(enc, lens)
+        tri.reset(enc, lens)
+        step = 0
+        while ref.any_active():
+            ref.step()
+            tri.step()
+            assert_same_state(ref, tri, step, tol=1e-4)  # larger sums of rounded terms
+            step += 1
+    exact = StepDecoder(net.decoder, net.joint, 2, frames, durations, MAX_SYMBOLS, dev)
+    with torch.inference_mode():
+        want_fp32 = decode_with_steps(exact, enc, lens, None)
+    assert outcome(tri.hypotheses(2)) != outcome(want_fp32) or not torch.allclose(
+        tri.h, exact.h, rtol=1e-5, atol=1e-5
+    )

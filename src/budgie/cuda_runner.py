@@ -92,9 +92,7 @@ def triton_step_decoder() -> type[StepDecoder] | None:
 def fused_layer_runner(network: ParakeetTDT) -> LayerRunner | None:
     """The Triton-fused layer (triton_encoder.py) for 16-bit encoder weights; None in float32
     (kept exactly eager), without triton, or with BUDGIE_TRITON=0."""
-    layer = network.encoder.layers[0]
-    assert isinstance(layer, ConformerLayer)
-    if layer.feed_forward1.linear1.weight.dtype == torch.float32:
+    if network.encoder.matmul_dtype == torch.float32:
         return None
     if os.environ.get("BUDGIE_TRITON", "1") == "0":
         return None

@@ -301,6 +301,11 @@ class ConformerEncoder(nn.Module):
                     module.to(device)
                 module.to(dtype)
 
+    @property
+    def matmul_dtype(self) -> torch.dtype:
+        """The dtype of the linear weights (``set_matmul_dtype``): the model's precision."""
+        return self.pre_encode.out.weight.dtype
+
     def layer_positions(self, frames: int, device: torch.device) -> list[Tensor]:
         """Each layer's projected relative positions for an input of ``frames`` frames.
 

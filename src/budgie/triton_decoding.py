@@ -23,7 +23,9 @@ step costs one joint GEMV plus three near-empty launches. Semantics are exactly
 rounding (summation order, b_ih + b_hh summed once, tanh(x) as 2 sigmoid(2x) - 1), so a token
 can only differ at an argmax near-tie. Buffers are preallocated and nothing syncs with the
 host, so a run of steps is CUDA-graph capturable (GraphedStepDecoder with compile=False).
-float32 only; weights are copied (packed) at construction.
+Activations, state and sums are float32; the weight matrices are float32, or a 16-bit model's
+dtype (``for_network``: NeMo runs the decoder in bf16 under autocast), copied and packed at
+construction.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from budgie.gpu_decoding import StepDecoder
+from budgie.gpu_decoding import LSTMWeights, StepDecoder, lstm_step
+from budgie.model import ParakeetTDT
 from budgie.transducer import Decoder, Joint
 
 
@@ -90,7 +94,7 @@ def _joint_kernel(
         hidden = tl.maximum(enc + pred, 0.0)
         w_mask = col_ok[:, None] & k_ok[None, :]
         w = tl.load(w_ptr + cols[:, None] * J + ks[None, :], mask=w_mask, other=0.0)
-        acc += tl.sum(hidden[:, None, :] * w[None, :, :], axis=2)
+        acc += tl.sum(hidden[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
     acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
     out = logits_ptr + rows[:, None] * N + cols[None, :]
     tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
@@ -158,13 +162,13 @@ def _lstm_kernel(
         w_mask = h_ok[:, None] & (ks < 2 * H)[None, :]
         w_rows = w_ptr + hs[:, None] * (2 * H) + ks[None, :]
         gate = 2 * H * H  # elements per gate block of the packed weight
-        w = tl.load(w_rows, mask=w_mask, other=0.0)
+        w = tl.load(w_rows, mask=w_mask, other=0.0).to(tl.float32)
         acc_i += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + gate, mask=w_mask, other=0.0)
+        w = tl.load(w_rows + gate, mask=w_mask, other=0.0).to(tl.float32)
         acc_f += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0)
+        w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0).to(tl.float32)
         acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0)
+        w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0).to(tl.float32)
         acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
     i = tl.sigmoid(acc_i + tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :])
     f = tl.sigmoid(acc_f + tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :])
@@ -237,7 +241,7 @@ def _project_kernel(
         )
         w_mask = j_ok[:, None] & k_ok[None, :]
         w = tl.load(w_ptr + js[:, None] * H + ks[None, :], mask=w_mask, other=0.0)
-        acc += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+        acc += tl.sum(v[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
     acc += tl.load(bias_ptr + js, mask=j_ok, other=0.0)[None, :]
     tl.store(pred_ptr + rows[:, None] * J + js[None, :], acc, mask=emit[:, None] & j_ok[None, :])
     # Commit: the programs share the copy of the emitting rows' new (h, c), all layers.
@@ -272,27 +276,31 @@ class TritonStepDecoder(StepDecoder):
         max_symbols: int,
         device: torch.device,
         config: TritonConfig | None = None,
+        weight_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(decoder, joint, batch, max_frames, durations, max_symbols, device)
         self.config = config or TritonConfig()
+        wd = weight_dtype
         out = joint.joint_net[2]
         assert isinstance(out, torch.nn.Linear)
         with torch.no_grad():
-            self.w_out = out.weight.detach().to(device, torch.float32).contiguous()
+            self.w_out = out.weight.detach().to(device, wd).contiguous()
             self.b_out = out.bias.detach().to(device, torch.float32).contiguous()
-            self.w_pred = joint.pred.weight.detach().to(device, torch.float32).contiguous()
+            self.w_pred = joint.pred.weight.detach().to(device, wd).contiguous()
             self.b_pred = joint.pred.bias.detach().to(device, torch.float32).contiguous()
             embed = decoder.prediction.embed.weight
             self.embed = embed.detach().to(device, torch.float32).contiguous()
             # Per layer: [w_ih | w_hh] as one [4H, 2H] matrix and b_ih + b_hh.
             self.w_lstm = [
-                torch.cat((w_ih, w_hh), dim=1).detach().to(device, torch.float32).contiguous()
+                torch.cat((w_ih, w_hh), dim=1).detach().to(device, wd).contiguous()
                 for w_ih, w_hh, _, _ in self.lstm.layers
             ]
             self.b_lstm = [
                 (b_ih + b_hh).detach().to(device, torch.float32).contiguous()
                 for _, _, b_ih, b_hh in self.lstm.layers
             ]
+        if wd != torch.float32:  # the start state from the same rounded weights
+            self._start = self._rounded_start(wd)
         self.num_outputs = self.w_out.shape[0]
         self.logits = torch.zeros(batch, self.num_outputs, device=device)
         self.sel = torch.zeros(batch, 3, dtype=torch.long, device=device)  # label, duration, emit
@@ -334,6 +342,39 @@ class TritonStepDecoder(StepDecoder):
         grid = (triton.cdiv(hidden, cfg.block_j), row_blocks)
         plan.append(Launch(_project_kernel, grid, args, consts))
         return plan
+
+    @torch.inference_mode()
+    def _rounded_start(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prediction after the start-of-sequence blank, with the weight matrices rounded
+        to ``dtype`` as the kernels read them."""
+        layers = [
+            (w_ih.to(dtype).float(), w_hh.to(dtype).float(), b_ih, b_hh)
+            for w_ih, w_hh, b_ih, b_hh in self.lstm.layers
+        ]
+        x = self.decoder.prediction.embed(self.blank_labels)
+        zeros = torch.zeros_like(self.h)
+        out, h, c = lstm_step(x, zeros, zeros, LSTMWeights(layers))
+        pred = self.joint.pred
+        return F.linear(out, pred.weight.to(dtype).float(), pred.bias), h, c
+
+    @classmethod
+    def for_network(
+        cls, network: ParakeetTDT, batch: int, max_frames: int, device: torch.device
+    ) -> StepDecoder:
+        """As StepDecoder's, with the weight matrices in the encoder's matmul dtype: in bf16
+        the prediction network and joint read bf16 weights (NeMo runs them in bf16 under
+        autocast), accumulating in float32."""
+        cfg = network.cfg.decoding
+        return cls(
+            network.decoder,
+            network.joint,
+            batch,
+            max_frames,
+            cfg.durations,
+            cfg.max_symbols,
+            device,
+            weight_dtype=network.encoder.matmul_dtype,
+        )
 
     def step(self) -> None:
         """One joint evaluation per row, with every consequence applied in place."""
