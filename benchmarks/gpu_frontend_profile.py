@@ -13,6 +13,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch  # noqa: E402
 from budgie.api import load_model  # noqa: E402
 from budgie.audio import load_audio  # noqa: E402
 from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
-from budgie.cuda_runner import CudaRunner  # noqa: E402
+from budgie.cuda_runner import FILL_THREADS, CudaRunner, pack_rows  # noqa: E402
 from budgie.synth import synth_nemo  # noqa: E402
 
 
@@ -41,7 +42,9 @@ def timed(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(runner: CudaRunner, rows: list[np.ndarray], repeats: int) -> dict[str, float]:
+def measure(
+    runner: CudaRunner, rows: list[np.ndarray], repeats: int, pool: ThreadPoolExecutor
+) -> dict[str, float]:
     samples = sum(len(r) for r in rows)
     for _ in range(3):  # eager, capture, warm
         runner.preprocess(rows)
@@ -59,6 +62,7 @@ def measure(runner: CudaRunner, rows: list[np.ndarray], repeats: int) -> dict[st
         "audio_s": samples / 16000,
         "preprocess_ms": timed(lambda: runner.preprocess(rows), repeats),
         "host_fill_ms": timed(fill, repeats),
+        "pack_rows_threads_ms": timed(lambda: pack_rows(rows, host.numpy(), pool), repeats),
         "h2d_ms": timed(lambda: device.copy_(host, non_blocking=True), repeats),
         "float_to_int16_host_ms": timed(
             lambda: [(r * 32768).astype(np.int16) for r in rows], repeats
@@ -83,9 +87,10 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "batches": {},
     }
+    pool = ThreadPoolExecutor(FILL_THREADS)
     for batch in (1, 8, 32, 64):
         rows = [load_audio(paths[i % len(paths)]) for i in range(batch)]
-        entry = measure(runner, rows, args.repeats)
+        entry = measure(runner, rows, args.repeats, pool)
         record["batches"][batch] = entry
         print(batch, {k: round(v, 2) for k, v in entry.items()}, flush=True)
     Path(args.out).write_text(json.dumps(record, indent=1))

@@ -163,3 +163,19 @@ def test_triton_decoder_batch_limit(
     machine, graph = runner._decoder_machine(batch, 512, torch.device("cpu"), graphed=True)
     assert (type(machine) is _FakeTriton) == triton
     assert isinstance(graph, _FakeGraph) and graph.compile == (compiled and not triton)
+
+
+@pytest.mark.parametrize("threads", [0, 3])
+def test_pack_rows_places_each_row_at_its_offset(threads: int) -> None:
+    """Serial and threaded packing give the same buffer (rows back to back, rest untouched)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    rows = [rng.standard_normal(n).astype(np.float32) for n in (700_000, 1, 0, 400_003)]
+    out = np.full(sum(len(r) for r in rows) + 5, -7.0, dtype=np.float32)
+    pool = ThreadPoolExecutor(threads) if threads else None
+    offsets = cuda_runner.pack_rows(rows, out, pool)
+    assert offsets == [0, 700_000, 700_001, 700_001]
+    assert np.array_equal(out[:-5], np.concatenate(rows))
+    assert bool((out[-5:] == -7.0).all())
+    assert cuda_runner.pack_rows([], out, pool) == []
