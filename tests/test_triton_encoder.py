@@ -39,22 +39,29 @@ from budgie.triton_encoder import (  # noqa: E402
 from conftest import SynthModels  # noqa: E402
 
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
-DTYPE = torch.bfloat16
+DTYPES = [torch.bfloat16, torch.float16]
 # Triton's interpreter converts float32 to bf16 by truncation (the GPU rounds to nearest), so
 # there most bf16 values may sit a step off; on the GPU only boundary cases may.
 OFF_BY_A_STEP = 1.0 if INTERPRET else 0.01
 
 
-def bf16_encoder(synth_models: SynthModels) -> ConformerEncoder:
+@pytest.fixture(params=DTYPES, ids=["bf16", "fp16"])
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    value: torch.dtype = request.param
+    return value
+
+
+def half_encoder(synth_models: SynthModels, dtype: torch.dtype) -> ConformerEncoder:
     encoder = copy.deepcopy(synth_models.model("tiny").network.encoder).to(DEVICE)
     encoder.fold_batch_norms()
-    encoder.set_matmul_dtype(DTYPE)
+    encoder.set_matmul_dtype(dtype)
     return encoder
 
 
-def close_bf16(want: torch.Tensor, got: torch.Tensor, share: float = OFF_BY_A_STEP) -> None:
+def close_half(want: torch.Tensor, got: torch.Tensor, share: float = OFF_BY_A_STEP) -> None:
     """Equal but for at most ``share`` of the values, each within three bf16 steps of its size
-    (or of the typical size, for values that are small by cancellation)."""
+    (or of the typical size, for values that are small by cancellation); bf16's step is the
+    coarser of the two 16-bit types."""
     assert want.dtype == got.dtype and want.shape == got.shape
     diff = (want.float() - got.float()).abs()
     typical = want.float().pow(2).mean().sqrt()
@@ -70,9 +77,9 @@ def lengths_and_mask(lengths: list[int], t: int) -> torch.Tensor:
 @pytest.mark.parametrize("with_branch", [False, True])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 def test_add_layer_norm(
-    synth_models: SynthModels, with_branch: bool, out_dtype: torch.dtype
+    synth_models: SynthModels, dtype: torch.dtype, with_branch: bool, out_dtype: torch.dtype
 ) -> None:
-    layer = bf16_encoder(synth_models).layers[0]
+    layer = half_encoder(synth_models, dtype).layers[0]
     assert isinstance(layer, ConformerLayer)
     norm = layer.norm_conv
     with torch.no_grad():
@@ -80,7 +87,7 @@ def test_add_layer_norm(
         norm.bias.uniform_(-0.2, 0.2)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 7, norm.weight.shape[0], generator=gen).to(DEVICE)
-    branch = torch.randn(x.shape, generator=gen).to(DEVICE, DTYPE) if with_branch else None
+    branch = torch.randn(x.shape, generator=gen).to(DEVICE, dtype) if with_branch else None
     with torch.no_grad():
         residual, y = add_layer_norm(x, branch, 0.5, norm, out_dtype)
         want_residual = x if branch is None else x + 0.5 * branch.float()
@@ -89,27 +96,27 @@ def test_add_layer_norm(
     if out_dtype == torch.float32:
         torch.testing.assert_close(y, want_y, rtol=1e-5, atol=1e-5)
     else:
-        close_bf16(want_y.to(out_dtype), y)
+        close_half(want_y.to(out_dtype), y)
 
 
 @pytest.mark.parametrize("lengths", [[13, 13], [13, 6, 1]])
 def test_glu_depthwise_matches_the_eager_convolution(
-    synth_models: SynthModels, lengths: list[int]
+    synth_models: SynthModels, dtype: torch.dtype, lengths: list[int]
 ) -> None:
-    layer = bf16_encoder(synth_models).layers[0]
+    layer = half_encoder(synth_models, dtype).layers[0]
     assert isinstance(layer, ConformerLayer)
     conv = layer.conv
     d = conv.depthwise_conv.weight.shape[0]
     t = max(lengths)
     gen = torch.Generator().manual_seed(1)
-    g = torch.randn(len(lengths), t, 2 * d, generator=gen).to(DEVICE, DTYPE)
+    g = torch.randn(len(lengths), t, 2 * d, generator=gen).to(DEVICE, dtype)
     valid = lengths_and_mask(lengths, t)
     with torch.no_grad():
         y = F.glu(g, dim=-1).masked_fill(~valid[:, :, None], 0.0)
-        want = F.silu(conv.depthwise_conv(y.transpose(1, 2)).float()).to(DTYPE).transpose(1, 2)
+        want = F.silu(conv.depthwise_conv(y.transpose(1, 2)).float()).to(dtype).transpose(1, 2)
         got = glu_depthwise_silu(conv, g, valid)
         unmasked = glu_depthwise_silu(conv, g, None)
-    close_bf16(want.contiguous(), got)
+    close_half(want.contiguous(), got)
     if min(lengths) == t:  # nothing padded: the mask changes nothing
         assert torch.equal(got, unmasked)
     else:
@@ -117,8 +124,10 @@ def test_glu_depthwise_matches_the_eager_convolution(
 
 
 @pytest.mark.parametrize("lengths", [[11, 11], [11, 4]])
-def test_fused_layer_matches_the_eager_layer(synth_models: SynthModels, lengths: list[int]) -> None:
-    encoder = bf16_encoder(synth_models)
+def test_fused_layer_matches_the_eager_layer(
+    synth_models: SynthModels, dtype: torch.dtype, lengths: list[int]
+) -> None:
+    encoder = half_encoder(synth_models, dtype)
     layer = encoder.layers[1]
     assert isinstance(layer, ConformerLayer)
     t = max(lengths)
@@ -139,8 +148,10 @@ def test_fused_layer_matches_the_eager_layer(synth_models: SynthModels, lengths:
     )
 
 
-def attention(synth_models: SynthModels) -> tuple[ConformerEncoder, RelPositionMultiHeadAttention]:
-    encoder = bf16_encoder(synth_models)
+def attention(
+    synth_models: SynthModels, dtype: torch.dtype
+) -> tuple[ConformerEncoder, RelPositionMultiHeadAttention]:
+    encoder = half_encoder(synth_models, dtype)
     attn = encoder.layers[0].self_attn
     assert isinstance(attn, RelPositionMultiHeadAttention)
     with torch.no_grad():  # non-zero biases, so that a wrong one shows
@@ -149,39 +160,39 @@ def attention(synth_models: SynthModels) -> tuple[ConformerEncoder, RelPositionM
     return encoder, attn
 
 
-def test_query_terms(synth_models: SynthModels) -> None:
-    _, attn = attention(synth_models)
+def test_query_terms(synth_models: SynthModels, dtype: torch.dtype) -> None:
+    _, attn = attention(synth_models, dtype)
     b, t = 2, 5
     gen = torch.Generator().manual_seed(3)
-    q = torch.randn(b, t, attn.h * attn.d_k, generator=gen).to(DEVICE, DTYPE)
+    q = torch.randn(b, t, attn.h * attn.d_k, generator=gen).to(DEVICE, dtype)
     q_u, by_head = query_terms(attn, q)
     heads = q.view(b, t, attn.h, attn.d_k)
-    want_u = (heads.float() + attn.pos_bias_u).to(DTYPE).transpose(1, 2)
-    want_v = (heads.float() + attn.pos_bias_v).to(DTYPE)
+    want_u = (heads.float() + attn.pos_bias_u).to(dtype).transpose(1, 2)
+    want_v = (heads.float() + attn.pos_bias_v).to(dtype)
     want_v = want_v.permute(2, 0, 1, 3).reshape(attn.h, b * t, attn.d_k)
-    close_bf16(want_u.contiguous(), q_u.contiguous())
-    close_bf16(want_v, by_head)
+    close_half(want_u.contiguous(), q_u.contiguous())
+    close_half(want_v, by_head)
 
 
 @pytest.mark.parametrize("lengths", [[6, 6], [6, 2]])
-def test_position_bias(lengths: list[int]) -> None:
+def test_position_bias(lengths: list[int], dtype: torch.dtype) -> None:
     h, t = 3, max(lengths)
     gen = torch.Generator().manual_seed(4)
-    bd = torch.randn(h, len(lengths) * t, 2 * t, generator=gen).to(DEVICE, DTYPE)
+    bd = torch.randn(h, len(lengths) * t, 2 * t, generator=gen).to(DEVICE, dtype)
     valid = None if min(lengths) == t else lengths_and_mask(lengths, t)
     want = position_bias(bd.view(h, len(lengths), t, -1), 0.125, valid)
     got = position_bias_fused(bd, len(lengths), 0.125, valid)
     assert got.shape == want.shape == (len(lengths), h, t, t)
-    close_bf16(want.contiguous(), got)  # x 0.125 is exact: equal but for the dtype rounding
+    close_half(want.contiguous(), got)  # x 0.125 is exact: equal but for the dtype rounding
     if valid is not None:
         assert bool((got[1, :, :, 2:] == want[1, :, :, 2:]).all())  # the fill value
 
 
 @pytest.mark.parametrize("lengths", [[4, 4], [4, 1]])
-def test_merge_heads(lengths: list[int]) -> None:
+def test_merge_heads(lengths: list[int], dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(5)
     b, h, t, dk = len(lengths), 3, max(lengths), 8
-    o = torch.randn(b, t, h, dk, generator=gen).to(DEVICE, DTYPE).transpose(1, 2)  # strided
+    o = torch.randn(b, t, h, dk, generator=gen).to(DEVICE, dtype).transpose(1, 2)  # strided
     valid = None if min(lengths) == t else lengths_and_mask(lengths, t)
     want = o if valid is None else o.masked_fill(~valid[:, None, :, None], 0.0)
     want = want.transpose(1, 2).reshape(b, t, h * dk)
@@ -190,11 +201,13 @@ def test_merge_heads(lengths: list[int]) -> None:
 
 @pytest.mark.skipif(INTERPRET, reason="the CPU module runs plain attention, not SDPA")
 @pytest.mark.parametrize("lengths", [[9, 9], [9, 3]])
-def test_fused_attention_equals_the_module(synth_models: SynthModels, lengths: list[int]) -> None:
-    encoder, attn = attention(synth_models)
+def test_fused_attention_equals_the_module(
+    synth_models: SynthModels, dtype: torch.dtype, lengths: list[int]
+) -> None:
+    encoder, attn = attention(synth_models, dtype)
     t = max(lengths)
     gen = torch.Generator().manual_seed(6)
-    y = torch.randn(len(lengths), t, encoder.cfg.d_model, generator=gen).to(DEVICE, DTYPE)
+    y = torch.randn(len(lengths), t, encoder.cfg.d_model, generator=gen).to(DEVICE, dtype)
     valid = None if min(lengths) == t else lengths_and_mask(lengths, t)
     positions = encoder.layer_positions(t, DEVICE)[0]
     with torch.inference_mode():
