@@ -371,3 +371,14 @@ def test_mono_wav_samples_equal_libsndfile_float_conversion(subtype: str, tmp_pa
     got = load_audio(path)
     assert got.dtype == np.float32
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_single_non_finite_sample_is_found(bad: float) -> None:
+    """The finite check looks at the max and the min only: one Inf, -Inf or NaN anywhere must
+    still show (NaN propagates through both)."""
+    x = np.linspace(-0.5, 0.5, 999, dtype=np.float32)
+    x[500] = bad
+    with pytest.warns(UserWarning, match="1 non-finite"):
+        got = load_audio(x)
+    assert got[500] == 0 and np.all(np.isfinite(got))

@@ -158,6 +158,8 @@ def _array_to_mono(x: np.ndarray, name: str) -> Float32Array:
 
 def _zero_non_finite(x: Float32Array, name: str) -> Float32Array:
     """NaN/Inf would spread over the whole signal through the resampler and the normalisation."""
+    if x.size == 0 or (np.isfinite(x.max()) and np.isfinite(x.min())):
+        return x  # max propagates NaN, and an Inf is the max or the min: two passes, no copy
     bad = ~np.isfinite(x)
     count = int(np.count_nonzero(bad))
     if count == 0:
