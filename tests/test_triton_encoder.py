@@ -111,12 +111,22 @@ def test_glu_depthwise_matches_the_eager_convolution(
     gen = torch.Generator().manual_seed(1)
     g = torch.randn(len(lengths), t, 2 * d, generator=gen).to(DEVICE, dtype)
     valid = lengths_and_mask(lengths, t)
+    dw = conv.depthwise_conv
+    assert dw.bias is not None
     with torch.no_grad():
         y = F.glu(g, dim=-1).masked_fill(~valid[:, :, None], 0.0)
-        want = F.silu(conv.depthwise_conv(y.transpose(1, 2)).float()).to(dtype).transpose(1, 2)
+        eager = F.silu(dw(y.transpose(1, 2)).float()).to(dtype).transpose(1, 2)
+        # The same rounding points with float32 arithmetic: what the kernel computes, up to
+        # the order of a 9-term sum.
+        pad = dw.padding[0]
+        c = F.conv1d(y.transpose(1, 2).float(), dw.weight.float(), dw.bias.float(), 1, pad, 1, d)
+        reference = F.silu(c.to(dtype).float()).to(dtype).transpose(1, 2)
         got = glu_depthwise_silu(conv, g, valid)
         unmasked = glu_depthwise_silu(conv, g, None)
-    close_half(want.contiguous(), got)
+    close_half(reference.contiguous(), got)
+    # the eager module's rounding differs (measured on an H100: 25 % of the fp16 values a step
+    # or more apart, within the bound): compared with a tolerance only
+    close_half(eager.contiguous(), got, share=1.0)
     if min(lengths) == t:  # nothing padded: the mask changes nothing
         assert torch.equal(got, unmasked)
     else:
