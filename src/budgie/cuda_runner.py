@@ -19,11 +19,10 @@ device hosts, less once Inductor's disk cache is warm), which only long jobs win
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -189,15 +188,6 @@ def pack_rows(
     return [int(o) for o in offsets]
 
 
-class Staged(NamedTuple):
-    """A batch whose encoder output is being computed (see CudaRunner.stage)."""
-
-    enc_proj: Tensor
-    lengths: Tensor
-    ready: torch.cuda.Event
-    phase_ms: dict[str, float]
-
-
 class PinnedStaging:
     """A reusable page-locked host buffer for host-to-GPU copies of audio.
 
@@ -275,8 +265,6 @@ class CudaRunner:
         self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
         self._staging = PinnedStaging()
         self._fill_pool: ThreadPoolExecutor | None = None
-        self._stage_stream: torch.cuda.Stream | None = None
-        self._decode_stream: torch.cuda.Stream | None = None
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
         self._uses: dict[tuple[str, int, int], int] = {}
@@ -361,43 +349,8 @@ class CudaRunner:
         return machine, GraphedStepDecoder(machine, self.compile_decoder) if graphed else None
 
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
-        return self.decode_projected(self.network.joint.project_encoder(encoded.float()), lengths)
-
-    @torch.inference_mode()
-    def stage(self, rows: list[np.ndarray]) -> Staged:
-        """Preprocess, encode and project a batch on the staging stream without waiting for
-        it, so that the GPU runs it while the host drives the previous batch's decoding (whose
-        small kernels leave most of the GPU idle). The projection is a fresh tensor: the next
-        batch's graphs may overwrite their static outputs while this one is decoded."""
-        if self._stage_stream is None:
-            self._stage_stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-            self._decode_stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-        start = time.perf_counter()
-        with torch.cuda.stream(self._stage_stream):
-            features, lengths = self.preprocess(rows)
-            queued = time.perf_counter()
-            encoded, enc_lengths = self.encode(features, lengths)
-            enc_proj = self.network.joint.project_encoder(encoded.float())
-            enc_lengths = enc_lengths.clone()
-            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            ready.record()
-        done = time.perf_counter()
-        phases = {"preprocess": (queued - start) * 1000, "encode": (done - queued) * 1000}
-        return Staged(enc_proj, enc_lengths, ready, phases)
-
-    @torch.inference_mode()
-    def decode_staged(self, staged: Staged) -> list[Hypothesis]:
-        """Decode a staged batch on the decoding stream, once its encoder output is ready."""
-        assert self._decode_stream is not None
-        with torch.cuda.stream(self._decode_stream):
-            stream = torch.cuda.current_stream()
-            stream.wait_event(staged.ready)
-            staged.enc_proj.record_stream(stream)  # its memory is not reused before this
-            staged.lengths.record_stream(stream)
-            return self.decode_projected(staged.enc_proj, staged.lengths)
-
-    def decode_projected(self, enc_proj: Tensor, lengths: Tensor) -> list[Hypothesis]:
-        """Decode from the joint's encoder projection [B, T, J]."""
+        net = self.network
+        enc_proj = net.joint.project_encoder(encoded.float())
         batch = bucket_batch(enc_proj.shape[0])
         frames = -(-enc_proj.shape[1] // DECODER_FRAMES) * DECODER_FRAMES
         key = (batch, frames)

@@ -14,7 +14,6 @@ while the next batch runs on the GPU.
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +27,7 @@ import torch
 from budgie.audio import SAMPLE_RATE, describe_source, load_audio, stack_padded
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
-from budgie.cuda_runner import CudaRunner, Staged
+from budgie.cuda_runner import CudaRunner
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.errors import AudioError, BudgieError
 from budgie.limits import check_single_pass
@@ -112,8 +111,6 @@ class Model:
         self.name = name
         self.file_hash = file_hash
         self.sync_phases = True
-        # Unsynchronized CUDA runs encode the next batch while decoding this one (two streams).
-        self.overlap_batches = True
         self.cuda_runner = CudaRunner(network) if device.type == "cuda" else None
         # The fast CPU decode loop (budgie.cpu_decoding); set by load_model on the CPU and for
         # --decoder-device cpu. None: the decoders in budgie.decoding / the CUDA runner.
@@ -219,17 +216,6 @@ class Model:
             def submit(window: list[int]) -> list[Future[_Loaded | TranscriptionError]]:
                 return [loaders.submit(self._load_one, i, inputs[i]) for i in window]
 
-            # CUDA throughput runs: the next batch is encoded while this one is decoded.
-            overlap = self._overlaps(confidence) and len(inputs) > batch_size
-            in_flight: tuple[list[_Loaded], Staged] | None = None
-
-            def decode_in_flight() -> None:
-                nonlocal in_flight
-                if in_flight is not None:
-                    batch, staged = in_flight
-                    in_flight = None
-                    finishing.append((batch, finish(batch, self._decode_staged(staged))))
-
             pending = submit(windows[0]) if windows else []
             for number, window in enumerate(windows):
                 current = [f.result() for f in pending]
@@ -246,15 +232,8 @@ class Model:
                     loaded.sort(key=lambda item: len(item.samples))
                 for start in range(0, len(loaded), batch_size):
                     batch = loaded[start : start + batch_size]
-                    if overlap and self.cuda_runner is not None:
-                        staged = self.cuda_runner.stage([item.samples for item in batch])
-                        decode_in_flight()
-                        in_flight = (batch, staged)
-                    else:
-                        inferred = self._infer_batch(batch, confidence)
-                        finishing.append((batch, finish(batch, inferred)))
+                    finishing.append((batch, finish(batch, self._infer_batch(batch, confidence))))
                     settle(wait=False)
-            decode_in_flight()
             settle(wait=True)
         return [r for r in results if r is not None]
 
@@ -279,24 +258,6 @@ class Model:
         with clock.phase("decode"):
             hyps = self._decode(encoded, enc_lengths, confidence)
         return _Inferred(hyps, enc_lengths.tolist(), dict(clock.ms))
-
-    def _overlaps(self, confidence: bool) -> bool:
-        """Whether batches may overlap on the GPU: CUDA graphs' decoder, phases not
-        synchronized (their times are then host times, as the records say)."""
-        return (
-            self.overlap_batches
-            and self.cuda_runner is not None
-            and not self.sync_phases
-            and not confidence
-            and self.cpu_decoder is None
-        )
-
-    def _decode_staged(self, staged: Staged) -> _Inferred:
-        assert self.cuda_runner is not None
-        start = time.perf_counter()
-        hyps = self.cuda_runner.decode_staged(staged)
-        phase_ms = {**staged.phase_ms, "decode": (time.perf_counter() - start) * 1000}
-        return _Inferred(hyps, staged.lengths.tolist(), phase_ms)
 
     def _finish_batch(
         self, batch: list[_Loaded], inferred: _Inferred, timestamps: bool
