@@ -176,7 +176,16 @@ def throughput(ckpt: Path, files: list[Path], batch_sizes: list[int]) -> dict[st
                 for k in ("preprocess_ms", "encode_ms", "decode_ms"):
                     sums[k] += getattr(r.timings, k)
         out[str(b)]["synced_phase_sums_ms"] = sums
-        print(f"  throughput B={b}: RTFx {audio / wall:.0f}", flush=True)
+        # Phase synchronization must not change a transcript.
+        timed_ids = [r.token_ids for r in results if isinstance(r, Transcript)]
+        out[str(b)]["same_tokens_as_synced"] = sum(
+            x == y for x, y in zip(timed_ids, [r.token_ids for r in synced], strict=True)
+        )
+        print(
+            f"  throughput B={b}: RTFx {audio / wall:.0f}, same tokens as the synced pass: "
+            f"{out[str(b)]['same_tokens_as_synced']}/{len(timed_ids)}",
+            flush=True,
+        )
     return out
 
 
