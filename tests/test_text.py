@@ -266,3 +266,21 @@ def test_token_type_is_results_token(tok: Tokenizer) -> None:
     assert t == Token(
         id=7206, piece="▁say", start=0.24, end=0.4, frame=3, duration=2, confidence=0.25
     )
+
+
+def test_decode_word_is_decode_pieces_memoized(
+    tok: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same text as SentencePiece for every word; cached; the cache stays bounded."""
+    import budgie.text as text_module
+
+    monkeypatch.setattr(text_module, "WORD_CACHE_SIZE", 4)
+    tok._word_cache.clear()
+    words = [[tok.id_to_piece(i), tok.id_to_piece(i + 1)] for i in range(1, 12)]
+    for word in words * 2:
+        assert tok.decode_word(word) == tok.decode_pieces(word)
+        assert len(tok._word_cache) <= 4
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(tok, "decode_pieces", lambda pieces: calls.append(tuple(pieces)) or "x")
+    tok.decode_word(words[-1])  # cached: SentencePiece is not asked again
+    assert calls == []
