@@ -12,26 +12,57 @@ is not known to run in parakeet.js. Run in a venv with onnxruntime, onnx and onn
 then, with OUT holding links to the other files of full-onnx,
     python benchmarks/cpu_compare.py --nemo full.nemo --onnx-dir OUT --clips 20 --rounds 1 \\
         --systems budgie-onnx-fp32 budgie-onnx-int8 -o RESULT.json
+To try Budgie's unpadded graph, quantize ``budgie-encoder-fast.onnx`` into OUT under the same
+name, run only ``--systems budgie-onnx-fp32`` on OUT (it runs that graph), and compare its ids
+with a true float32 record of the same clips (in the project venv):
+    python benchmarks/int8_blockwise.py --agreement FP32_RECORD.json OUT_RECORD.json
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-import onnx
-from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+# As budgie.backends.onnx_export; "/out/" is the subsampling's projection in Budgie's unpadded
+# graph (budgie-encoder-fast.onnx), traced without the pre_encode module name.
+KEEP_FLOAT = ("/pre_encode/", "/joint_net/", "/out/")
 
-KEEP_FLOAT = ("/pre_encode/", "/joint_net/")  # as budgie.backends.onnx_export
+
+def agreement(reference: str, candidate: str) -> None:
+    """Token agreement of two cpu_compare records' budgie-onnx-fp32 runs (same clips)."""
+    import json
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent / "src")]
+    from cpu_compare import token_agreement
+
+    runs = [
+        json.loads(Path(f).read_text())["rounds"][0]["budgie-onnx-fp32"]["runs"]
+        for f in (reference, candidate)
+    ]
+    names = [[Path(r["clip"]).name for r in rs] for rs in runs]
+    if names[0] != names[1]:
+        raise SystemExit("the records hold different clips")
+    ids = [[r["ids"] for r in rs] for rs in runs]
+    same = sum(a == b for a, b in zip(*ids, strict=True))
+    print(f"token agreement {token_agreement(ids[1], ids[0]):.4f}, identical {same}/{len(ids[0])}")
 
 
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--agreement":
+        agreement(sys.argv[2], sys.argv[3])
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("source")
     parser.add_argument("target")
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--accuracy-level", type=int, default=4)
     args = parser.parse_args()
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
     start = time.perf_counter()
     model = onnx.load(args.source)
     keep = [
