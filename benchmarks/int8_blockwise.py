@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 # As budgie.backends.onnx_export; "/out/" is the subsampling's projection in Budgie's unpadded
 # graph (budgie-encoder-fast.onnx), traced without the pre_encode module name.
@@ -32,7 +33,6 @@ KEEP_FLOAT = ("/pre_encode/", "/joint_net/", "/out/")
 def agreement(reference: str, candidate: str) -> None:
     """Token agreement of two cpu_compare records' budgie-onnx-fp32 runs (same clips)."""
     import json
-    from pathlib import Path
 
     here = Path(__file__).resolve().parent
     sys.path[:0] = [str(here), str(here.parent / "src")]
@@ -59,15 +59,21 @@ def main() -> None:
     parser.add_argument("target")
     parser.add_argument("--block", type=int, default=64)
     parser.add_argument("--accuracy-level", type=int, default=4)
+    parser.add_argument(
+        "--dynamic",
+        default="",
+        help="MatMuls whose names contain this get budgie export's dynamic int8 instead "
+        "(e.g. /feed_forward: the FFNs, 2/3 of the arithmetic)",
+    )
     args = parser.parse_args()
     import onnx
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     start = time.perf_counter()
     model = onnx.load(args.source)
-    keep = [
-        n.name for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith(KEEP_FLOAT)
-    ]
+    names = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    keep = [n for n in names if n.startswith(KEEP_FLOAT)]
+    dynamic = [n for n in names if args.dynamic and args.dynamic in n]
     config = nbits.DefaultWeightOnlyQuantConfig(
         block_size=args.block,
         is_symmetric=True,
@@ -81,11 +87,29 @@ def main() -> None:
         block_size=args.block,
         is_symmetric=True,
         accuracy_level=args.accuracy_level,
-        nodes_to_exclude=keep,
+        nodes_to_exclude=keep + dynamic,
         algo_config=config,
     )
     quantizer.process()
-    quantizer.model.save_model_to_file(args.target, use_external_data_format=False)
+    if not dynamic:
+        quantizer.model.save_model_to_file(args.target, use_external_data_format=False)
+    else:  # then the dynamic int8 of budgie export (per-channel scales) for the chosen MatMuls
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        staged = args.target + ".blockwise.onnx"
+        quantizer.model.save_model_to_file(staged, use_external_data_format=True)
+        rest = [n.name for n in onnx.load(staged, load_external_data=False).graph.node]
+        quantize_dynamic(
+            staged,
+            args.target,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=[n for n in rest if n not in dynamic],
+            per_channel=True,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        for leftover in (staged, staged + ".data"):
+            Path(leftover).unlink(missing_ok=True)
     print(f"wrote {args.target} in {time.perf_counter() - start:.1f} s")
 
 
