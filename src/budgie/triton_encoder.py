@@ -10,11 +10,16 @@ time at batch 1 (launches) and cost a large share at batch 64 (memory traffic). 
 - ``_add_layer_norm_kernel``: residual + scale * branch output, then LayerNorm, written in the
   next GEMM's dtype (5 per layer; the first without the add);
 - ``_glu_depthwise_kernel``: GLU, pad mask, depthwise convolution (BatchNorm folded), SiLU, in
-  time-major layout (no transposes).
+  time-major layout (no transposes);
+- attention's elementwise steps: ``_query_kernel`` (both position biases added to the queries,
+  one copy per head for the position GEMM), ``_position_bias_kernel`` (the rel-shifted, scaled,
+  masked position scores) and ``_merge_heads_kernel`` (heads back together, padded rows zeroed).
 
-The GEMMs and attention stay torch's (cuBLAS, SDPA). Numbers follow the eager layer's
-rounding points (bf16 where it rounds to bf16, float32 elsewhere); accumulation order differs,
-so a value can differ by one bf16 step where the eager result sits on a rounding boundary.
+The GEMMs and SDPA stay torch's (cuBLAS, cuDNN). Numbers follow the eager layer's rounding
+points (bf16 where it rounds to bf16, float32 elsewhere): the attention kernels give the eager
+module's numbers exactly (tested on an H100); the LayerNorm and the 9-term convolution sum in
+another order, so a value can differ by a 16-bit step where the eager one sits on a rounding
+boundary.
 Used by cuda_runner for CUDA graphs in bf16/fp16 (``run_layer`` of ConformerEncoder.forward).
 """
 
@@ -33,7 +38,6 @@ from budgie.encoder import (
     ConformerLayer,
     ConvolutionModule,
     FeedForward,
-    LayerRunner,
     RelPositionMultiHeadAttention,
 )
 
@@ -284,7 +288,3 @@ def fused_layer(
     branch = _feed_forward(layer.feed_forward2, y)
     _, out = add_layer_norm(x, branch, 0.5, layer.norm_out, torch.float32)
     return out
-
-
-def fused_layer_runner() -> LayerRunner:
-    return fused_layer
