@@ -8,12 +8,14 @@ do not depend on the bucket) to keep the number of graphs small. Decoding replay
 
 Graphs are captured lazily, the second time a shape bucket is seen (the first call runs eagerly,
 so a one-off transcript never pays for a capture), and kept for the life of the model. Up to
-``TRITON_MAX_BATCH`` rows the captured decoder step is the Triton one (triton_decoding.py).
+``TRITON_MAX_BATCH`` rows the captured decoder step is the Triton one (triton_decoding.py); in
+bf16/fp16 the captured encoder layers run with Triton-fused elementwise kernels
+(triton_encoder.py; float32 keeps the eager layers).
 
 torch.compile is opt-in: ``BUDGIE_COMPILE=encoder,decoder`` (or ``all``) compiles one conformer
-layer and the torch decoder step before capture. Measured on an H100 it saves about 0.9 ms per
-B=1 clip and more at batch, but the compilation stalls the call that captures (20-30 s on the
-device hosts, less once Inductor's disk cache is warm), which only long jobs win back.
+layer and the torch decoder step before capture instead. The compilation stalls the call that
+captures (15-30 s on the device hosts, also with a warm Inductor cache), and the fused layers
+measured as fast on the encoder, so only long jobs of a compiled decoder step might win it back.
 """
 
 from __future__ import annotations
