@@ -65,15 +65,12 @@ def runner(
     if not triton:
         made.triton_decoder = None
     elif fp32_decoder:  # the Triton step with float32 weights whatever the model's dtype
-        from budgie.gpu_decoding import StepDecoder
         from budgie.triton_decoding import TritonStepDecoder
 
         class Float32Weights(TritonStepDecoder):
             @classmethod
-            def for_network(
-                cls, network: Any, batch: int, max_frames: int, device: torch.device
-            ) -> StepDecoder:
-                return StepDecoder.for_network.__func__(cls, network, batch, max_frames, device)  # type: ignore[attr-defined,no-any-return]
+            def network_options(cls, network: Any) -> dict[str, Any]:
+                return {}
 
         made.triton_decoder = Float32Weights
     made.fused_encoder = fused

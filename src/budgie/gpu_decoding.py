@@ -17,6 +17,7 @@ prediction network is capturable and costs one GEMM per layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -120,7 +121,13 @@ class StepDecoder:
             cfg.durations,
             cfg.max_symbols,
             device,
+            **cls.network_options(network),
         )
+
+    @classmethod
+    def network_options(cls, network: ParakeetTDT) -> dict[str, Any]:
+        """Extra constructor arguments a subclass takes from the network (none here)."""
+        return {}
 
     @torch.inference_mode()
     def reset(self, enc_proj: Tensor, lengths: Tensor) -> None:

@@ -358,23 +358,10 @@ class TritonStepDecoder(StepDecoder):
         return F.linear(out, pred.weight.to(dtype).float(), pred.bias), h, c
 
     @classmethod
-    def for_network(
-        cls, network: ParakeetTDT, batch: int, max_frames: int, device: torch.device
-    ) -> StepDecoder:
-        """As StepDecoder's, with the weight matrices in the encoder's matmul dtype: in bf16
-        the prediction network and joint read bf16 weights (NeMo runs them in bf16 under
-        autocast), accumulating in float32."""
-        cfg = network.cfg.decoding
-        return cls(
-            network.decoder,
-            network.joint,
-            batch,
-            max_frames,
-            cfg.durations,
-            cfg.max_symbols,
-            device,
-            weight_dtype=network.encoder.matmul_dtype,
-        )
+    def network_options(cls, network: ParakeetTDT) -> dict[str, Any]:
+        """The weight matrices in the encoder's matmul dtype: in bf16 the prediction network and
+        joint read bf16 weights (NeMo runs them in bf16 under autocast), summing in float32."""
+        return {"weight_dtype": network.encoder.matmul_dtype}
 
     def step(self) -> None:
         """One joint evaluation per row, with every consequence applied in place."""
