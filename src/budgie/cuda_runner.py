@@ -20,6 +20,7 @@ measured as fast on the encoder, so only long jobs of a compiled decoder step mi
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Callable
@@ -85,29 +86,30 @@ def compile_targets(setting: str) -> set[str]:
     return parts & {"encoder", "decoder"}
 
 
-def triton_step_decoder() -> type[StepDecoder] | None:
-    """The Triton step machine, or None without triton (CPU-only installs) or BUDGIE_TRITON=0."""
+def _triton_part(module: str, name: str) -> object | None:
+    """``name`` from one of the Triton modules, or None without triton (CPU-only installs) or
+    with BUDGIE_TRITON=0."""
     if os.environ.get("BUDGIE_TRITON", "1") == "0":
         return None
     try:
-        from budgie.triton_decoding import TritonStepDecoder
+        return cast(object, getattr(importlib.import_module(module), name))
     except ImportError:
         return None
-    return TritonStepDecoder
+
+
+def triton_step_decoder() -> type[StepDecoder] | None:
+    """The Triton step machine (triton_decoding.py), when Triton is there and allowed."""
+    return cast(
+        "type[StepDecoder] | None", _triton_part("budgie.triton_decoding", "TritonStepDecoder")
+    )
 
 
 def fused_layer_runner(network: ParakeetTDT) -> LayerRunner | None:
     """The Triton-fused layer (triton_encoder.py) for 16-bit encoder weights; None in float32
-    (kept exactly eager), without triton, or with BUDGIE_TRITON=0."""
+    (kept exactly eager), or when Triton is missing or not allowed."""
     if network.encoder.matmul_dtype == torch.float32:
         return None
-    if os.environ.get("BUDGIE_TRITON", "1") == "0":
-        return None
-    try:
-        from budgie.triton_encoder import fused_layer
-    except ImportError:
-        return None
-    return fused_layer
+    return cast("LayerRunner | None", _triton_part("budgie.triton_encoder", "fused_layer"))
 
 
 def compiled_layer_runner() -> LayerRunner:
