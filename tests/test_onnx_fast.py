@@ -143,34 +143,26 @@ def test_position_table_is_sliced_grown_and_capped(
     assert encoder.table is table and huge[0].shape[0] == 2 * encoder.table_frames + 1
 
 
-def rename_input(path: Path, old: str, new: str) -> None:
+def rename(path: Path, old: str, new: str) -> None:
+    """Rename a graph input or output, and every node's use of it."""
     model = onnx.load(str(path))
-    for value in model.graph.input:
+    for value in [*model.graph.input, *model.graph.output]:
         if value.name == old:
             value.name = new
     for node in model.graph.node:
         node.input[:] = [new if x == old else x for x in node.input]
-    onnx.save(model, str(path))
-
-
-def rename_output(path: Path, old: str, new: str) -> None:
-    model = onnx.load(str(path))
-    for value in model.graph.output:
-        if value.name == old:
-            value.name = new
-    for node in model.graph.node:
         node.output[:] = [new if x == old else x for x in node.output]
     onnx.save(model, str(path))
 
 
 BAD_FAST = {
     "fast input renamed": (
-        lambda d: rename_input(d / FAST_ENCODER_FILE, "pos_proj.1", "positions"),
+        lambda d: rename(d / FAST_ENCODER_FILE, "pos_proj.1", "positions"),
         "budgie-encoder-fast.onnx: inputs ['audio_signal', 'pos_proj.0', 'positions'] and "
         "outputs ['outputs'] do not match 'audio_signal' + 2 pos_proj inputs",
     ),
     "positions output renamed": (
-        lambda d: rename_output(d / POSITIONS_FILE, "pos_proj.0", "p0"),
+        lambda d: rename(d / POSITIONS_FILE, "pos_proj.0", "p0"),
         "budgie-encoder-positions.onnx: expected input 'pos_emb' and outputs pos_proj.0",
     ),
     "fast not onnx": (
