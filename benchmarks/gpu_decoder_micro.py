@@ -1,5 +1,8 @@
-"""GPU decoder step micro-benchmark: torch StepDecoder (graphed, with and without torch.compile)
-vs TritonStepDecoder (graphed), per batch size, on a full-size parakeet-tdt-0.6b-v2 decoder+joint.
+"""GPU decoder micro-benchmark: torch StepDecoder (graphed, with and without torch.compile),
+TritonStepDecoder (graphed; float32 and bf16 weights) and LoopDecoder (one launch per decode,
+triton_loop.py), per batch size, on a full-size parakeet-tdt-0.6b-v2 decoder+joint. Hypotheses
+are compared with the first variant of the same weight precision (torch graphed for float32,
+Triton graphed bf16 for bf16).
 
 No checkpoint and no NeMo: the prediction network and joint are built on the GPU with the
 synthetic recipe's weights (budgie.synth preset parakeet-tdt-0.6b-v2: pred hidden 640, 2 LSTM
@@ -81,36 +84,49 @@ def outcome(machine: StepDecoder, batch: int) -> list[tuple[list[int], list[int]
 
 
 def decode(
-    machine: StepDecoder, graphed: GraphedStepDecoder, enc_proj: torch.Tensor, lengths: torch.Tensor
+    machine: StepDecoder,
+    graphed: GraphedStepDecoder | None,
+    enc_proj: torch.Tensor,
+    lengths: torch.Tensor,
 ) -> tuple[float, int, list[Any]]:
-    """One decode as cuda_runner does it: (milliseconds, graph replays, hypotheses)."""
+    """One decode as cuda_runner does it: (milliseconds, steps executed, hypotheses). Without
+    a graph the machine runs to the end in one ``step`` (the loop kernel): its steps executed
+    are the longest row's."""
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     machine.reset(enc_proj, lengths)
     replays = 0
     while machine.any_active():
-        graphed.graph.replay()
-        replays += 1
+        if graphed is None:
+            machine.step()
+        else:
+            graphed.graph.replay()
+            replays += 1
     hyps = outcome(machine, enc_proj.shape[0])
     torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1000, replays, hyps
+    ms = (time.perf_counter() - t0) * 1000
+    if graphed is None:
+        return ms, int(machine.steps[: enc_proj.shape[0]].max()), hyps
+    return ms, replays * STEPS_PER_GRAPH, hyps
 
 
 def time_variant(
     make: Callable[[], StepDecoder],
-    compile: bool,
+    mode: str,
     regimes: dict[str, tuple[torch.Tensor, torch.Tensor]],
     reps: int,
 ) -> dict[str, Any]:
+    """mode: "graph" (replays of a captured step), "compile" (the same, torch.compile'd) or
+    "loop" (the machine decodes in one step, no graph)."""
     machine = make()
     t0 = time.perf_counter()
-    graphed = GraphedStepDecoder(machine, compile=compile)
+    graphed = None if mode == "loop" else GraphedStepDecoder(machine, compile=mode == "compile")
     out: dict[str, Any] = {"setup_s": round(time.perf_counter() - t0, 2)}
     for regime, (enc_proj, lengths) in regimes.items():
         decode(machine, graphed, enc_proj, lengths)  # warm-up
         runs = [decode(machine, graphed, enc_proj, lengths) for _ in range(reps)]
         ms = statistics.median(r[0] for r in runs)
-        steps = runs[-1][1] * STEPS_PER_GRAPH
+        steps = runs[-1][1]
         hyps = runs[-1][2]
         row_steps = int(machine.steps[: enc_proj.shape[0]].sum())
         out[regime] = {
@@ -132,6 +148,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-s", type=float, default=140.0, help="start no variant after this")
     parser.add_argument("--no-sweep", action="store_true", help="skip the Triton tiling sweep")
+    parser.add_argument("--only", nargs="*", help="variants whose names start with these")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs CUDA")
@@ -152,11 +169,12 @@ def main() -> None:
         import triton
 
         from budgie.triton_decoding import TritonConfig, TritonStepDecoder
+        from budgie.triton_loop import LOOP_MAX_BATCH, LoopConfig, LoopDecoder
 
         result["triton"] = triton.__version__
     except Exception:
         result["errors"]["import triton"] = traceback.format_exc()[-3000:]
-        TritonStepDecoder = None  # type: ignore[assignment,misc]
+        TritonStepDecoder = LoopDecoder = None  # type: ignore[assignment,misc]
     decoder, joint, cfg = build_network(device, args.seed)
     durations, max_symbols = cfg.decoding.durations, cfg.decoding.max_symbols
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -173,44 +191,64 @@ def main() -> None:
     def torch_machine(b: int) -> Callable[[], StepDecoder]:
         return lambda: StepDecoder(decoder, joint, b, MAX_FRAMES, durations, max_symbols, device)
 
-    def triton_machine(b: int, config: Any = None) -> Callable[[], StepDecoder]:
-        return lambda: TritonStepDecoder(  # type: ignore[misc]
-            decoder, joint, b, MAX_FRAMES, durations, max_symbols, device, config
+    def triton_machine(
+        b: int, config: Any = None, dtype: torch.dtype = torch.float32, kind: Any = None
+    ) -> Callable[[], StepDecoder]:
+        machine = kind or TritonStepDecoder
+        return lambda: machine(  # type: ignore[no-any-return]
+            decoder, joint, b, MAX_FRAMES, durations, max_symbols, device, config, dtype
         )
 
-    plan: list[tuple[str, int, Callable[[], StepDecoder], bool]] = []
+    bf16 = torch.bfloat16
+    plan: list[tuple[str, int, Callable[[], StepDecoder], str]] = []
     for b in BATCHES:
-        plan.append(("torch_graphed", b, torch_machine(b), False))
+        plan.append(("torch_graphed", b, torch_machine(b), "graph"))
         if TritonStepDecoder is not None:
-            plan.append(("triton_graphed", b, triton_machine(b), False))
+            plan.append(("triton_graphed", b, triton_machine(b), "graph"))
+            plan.append(("triton_graphed_bf16", b, triton_machine(b, dtype=bf16), "graph"))
+    if LoopDecoder is not None:  # the one-launch decoder, its default and a sweep
+        loops: dict[str, Any] = {"loop": LoopConfig()}
+        if not args.no_sweep:
+            loops |= {
+                "loop_p32": LoopConfig(programs=32),
+                "loop_p64": LoopConfig(programs=64),
+                "loop_bh4_bn8_bj4": LoopConfig(block_h=4, block_n=8, block_j=4),
+                "loop_bh1_bn2_bj1": LoopConfig(block_h=1, block_n=2, block_j=1),
+                "loop_w8": LoopConfig(num_warps=8, tile=8192),
+            }
+        for name, config in loops.items():
+            for b in [b for b in BATCHES if b <= LOOP_MAX_BATCH]:
+                for dtype, suffix in ((torch.float32, ""), (bf16, "_bf16")):
+                    make = triton_machine(b, config, dtype, LoopDecoder)
+                    plan.append((name + suffix, b, make, "loop"))
     # torch.compile takes ~10-30 s per batch size: the most telling sizes first.
-    plan += [("torch_compiled_graphed", b, torch_machine(b), True) for b in (1, 8, 32, 2, 4, 16)]
+    plan += [("torch_compiled_graphed", b, torch_machine(b), "compile") for b in (1, 8, 32)]
     if TritonStepDecoder is not None and not args.no_sweep:  # tilings to try, for tuning
         sweep = {
             "bh2_bn4_bj2": TritonConfig(block_h=2, block_n=4, block_j=2),
             "bh8_bn16_bj8": TritonConfig(block_h=8, block_n=16, block_j=8),
             "tile8k_w8": TritonConfig(tile=8192, num_warps=8),
-            "tile16k_w8": TritonConfig(tile=16384, num_warps=8),
-            "bb16_tile8k_w8": TritonConfig(block_b=16, tile=8192, num_warps=8),
         }
         for name, config in sweep.items():
-            for b in (1, 8, 32) if name.startswith("bb16") else (1, 8):
-                plan.append((f"triton_{name}", b, triton_machine(b, config), False))
+            for b in (1, 8):
+                plan.append((f"triton_{name}", b, triton_machine(b, config), "graph"))
+    if args.only:
+        plan = [p for p in plan if any(p[0].startswith(o) for o in args.only)]
 
-    reference: dict[tuple[int, str], tuple[str, Any]] = {}
-    for name, b, make, compile in plan:
+    reference: dict[tuple[int, str, bool], tuple[str, Any]] = {}  # per batch, regime, bf16
+    for name, b, make, mode in plan:
         if time.perf_counter() - started > args.budget_s:
             result["skipped"].append(f"{name}@B={b}")
             continue
         try:
-            run = time_variant(make, compile, inputs[b], args.reps)
+            run = time_variant(make, mode, inputs[b], args.reps)
         except Exception:
             result["errors"][f"{name}@B={b}"] = traceback.format_exc()[-3000:]
             print(f"{name} B={b} FAILED\n{result['errors'][f'{name}@B={b}']}", flush=True)
             continue
         for regime in REGIMES:
             hyps = run[regime].pop("hypotheses")
-            ref_name, ref = reference.setdefault((b, regime), (name, hyps))
+            ref_name, ref = reference.setdefault((b, regime, name.endswith("_bf16")), (name, hyps))
             pairs = enumerate(zip(hyps, ref, strict=True))
             run[regime].update(
                 reference=ref_name, differing_rows=[i for i, (h, r) in pairs if h != r]

@@ -89,7 +89,7 @@ def test_decoder_falls_back_to_the_torch_step_when_triton_fails(
 ) -> None:
     monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
     runner = cuda_runner.CudaRunner(synth_models.model("tiny").network, compile_decoder=True)
-    runner.triton_decoder = _BrokenTriton
+    runner.triton_decoder, runner.loop_decoder = _BrokenTriton, None
     with pytest.warns(RuntimeWarning, match="no compiler for this GPU"):
         machine, graph = runner._decoder_machine(1, 512, torch.device("cpu"), graphed=True)
     assert type(machine) is StepDecoder and isinstance(graph, _FakeGraph) and graph.compile
@@ -159,10 +159,80 @@ def test_triton_decoder_batch_limit(
     """Triton up to batch 32 against the graphed torch step, up to 8 against the compiled one."""
     monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
     runner = cuda_runner.CudaRunner(synth_models.model("tiny").network, compile_decoder=compiled)
-    runner.triton_decoder = _FakeTriton
+    runner.triton_decoder, runner.loop_decoder = _FakeTriton, None
     machine, graph = runner._decoder_machine(batch, 512, torch.device("cpu"), graphed=True)
     assert (type(machine) is _FakeTriton) == triton
     assert isinstance(graph, _FakeGraph) and graph.compile == (compiled and not triton)
+
+
+class _FakeLoop(StepDecoder):
+    """Stands in for the one-launch machine: a torch StepDecoder that says it runs to the end
+    (its steps still run one by one here) and counts its warm-ups."""
+
+    runs_to_end = True
+    max_batch = 4
+    warm_ups = 0
+
+    def warm_up(self) -> None:
+        type(self).warm_ups += 1
+
+
+class _BrokenLoop(_FakeLoop):
+    def warm_up(self) -> None:
+        raise RuntimeError("barrier kernel does not build")
+
+
+@pytest.mark.parametrize(("batch", "graphed", "loop"), [(1, True, True), (4, True, True),
+                         (8, True, False), (1, False, False)])  # fmt: skip
+def test_loop_decoder_for_small_graphed_batches(
+    synth_models: SynthModels,
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+    graphed: bool,
+    loop: bool,
+) -> None:
+    """The one-launch machine up to its max_batch, warmed up once, with no graph; above it (or
+    for a shape's first, ungraphed use) the step machines as before."""
+    monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
+    monkeypatch.setattr(_FakeLoop, "warm_ups", 0)
+    runner = cuda_runner.CudaRunner(synth_models.model("tiny").network)
+    runner.triton_decoder, runner.loop_decoder = _FakeTriton, _FakeLoop
+    machine, graph = runner._decoder_machine(batch, 512, torch.device("cpu"), graphed=graphed)
+    assert (type(machine) is _FakeLoop) == loop and _FakeLoop.warm_ups == int(loop)
+    assert (graph is None) == (loop or not graphed)
+
+
+def test_loop_decoder_failure_falls_back_to_steps(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
+    runner = cuda_runner.CudaRunner(synth_models.model("tiny").network)
+    runner.triton_decoder, runner.loop_decoder = _FakeTriton, _BrokenLoop
+    with pytest.warns(RuntimeWarning, match="barrier kernel does not build"):
+        machine, graph = runner._decoder_machine(1, 512, torch.device("cpu"), graphed=True)
+    assert type(machine) is _FakeTriton and isinstance(graph, _FakeGraph)
+    assert runner.loop_decoder is None  # not tried again
+
+
+def test_decode_keeps_its_loop_machine(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """First use of a shape: the eager torch machine; from the second on, the loop machine,
+    built once (it has no graph, which must not make every call rebuild it); the same
+    hypotheses throughout."""
+    net = synth_models.model("tiny").network
+    runner = cuda_runner.CudaRunner(net)
+    runner.triton_decoder, runner.loop_decoder = None, _FakeLoop
+    gen = torch.Generator().manual_seed(0)
+    encoded = torch.randn(1, 40, net.cfg.encoder.d_model, generator=gen) * 3
+    lengths = torch.tensor([40])
+    first = runner.decode(encoded, lengths)
+    seen = []
+    for _ in range(3):
+        assert runner.decode(encoded, lengths) == first
+        seen.append(next(iter(runner._decoders.values()))[0])
+    assert type(seen[0]) is _FakeLoop and seen[0] is seen[1] is seen[2]
+    assert sum(len(h.token_ids) for h in first) > 0
 
 
 @pytest.mark.parametrize("threads", [0, 3])

@@ -104,6 +104,11 @@ def triton_step_decoder() -> type[StepDecoder] | None:
     )
 
 
+def loop_decoder() -> type[StepDecoder] | None:
+    """The one-launch decode machine (triton_loop.py), when Triton is there and allowed."""
+    return cast("type[StepDecoder] | None", _triton_part("budgie.triton_loop", "LoopDecoder"))
+
+
 def fused_layer_runner(network: ParakeetTDT) -> LayerRunner | None:
     """The Triton-fused layer (triton_encoder.py) for 16-bit encoder weights; None in float32
     (kept exactly eager), or when Triton is missing or not allowed."""
@@ -264,6 +269,7 @@ class CudaRunner:
         self.compile_decoder = compile_decoder
         self.compile_encoder = compile_encoder
         self.triton_decoder = triton_step_decoder()
+        self.loop_decoder = loop_decoder()
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
         self._layer_runner: LayerRunner | None = None
         self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
@@ -337,6 +343,19 @@ class CudaRunner:
         TRITON_MAX_BATCH (TRITON_MAX_BATCH_COMPILED when the torch step is compiled), else the
         torch one (graphed; compiled when asked)."""
         net = self.network
+        loop = self.loop_decoder
+        if graphed and loop is not None and batch <= getattr(loop, "max_batch", 0):
+            try:
+                loop_machine = loop.for_network(net, batch, frames, device)
+                loop_machine.warm_up()
+                return loop_machine, None
+            except Exception as exc:  # e.g. Triton cannot compile for this GPU: fall back
+                warnings.warn(
+                    f"one-launch Triton decoder unavailable here, using steps: {exc}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.loop_decoder = None
         limit = TRITON_MAX_BATCH_COMPILED if self.compile_decoder else TRITON_MAX_BATCH
         if graphed and self.triton_decoder is not None and batch <= limit:
             try:
@@ -360,7 +379,7 @@ class CudaRunner:
         key = (batch, frames)
         machine, graphed = self._decoders.get(key, (None, None))
         wants_graph = self._graph_now("decoder", key)
-        if machine is None or (graphed is None and wants_graph):
+        if machine is None or (graphed is None and wants_graph and not machine.runs_to_end):
             machine, graphed = self._decoder_machine(batch, frames, enc_proj.device, wants_graph)
             self._decoders[key] = (machine, graphed)
         lengths_list = lengths.tolist()

@@ -62,6 +62,9 @@ def lstm_step(x: Tensor, h: Tensor, c: Tensor, w: LSTMWeights) -> tuple[Tensor, 
 class StepDecoder:
     """Decoding state for one batch shape, updated in place by ``step``."""
 
+    # True for a machine whose ``step`` decodes the loaded batch to its end (no graph needed).
+    runs_to_end = False
+
     def __init__(
         self,
         decoder: Decoder,
@@ -191,10 +194,12 @@ class StepDecoder:
     def any_active(self) -> bool:
         return bool((self.time < self.lengths).any())
 
+    def warm_up(self) -> None:
+        """Run the machine's kernels once before use (nothing to do for the torch step)."""
+
     def hypotheses(self, batch: int) -> list[Hypothesis]:
-        counts = self.count[:batch].tolist()
-        steps = self.steps[:batch].tolist()
-        out = self.out[:batch].cpu()
+        counts, steps = torch.stack((self.count[:batch], self.steps[:batch])).tolist()
+        out = self.out[:batch, : max(counts, default=0)].cpu()  # only the slots in use
         return [
             Hypothesis(
                 token_ids=out[b, :n, 0].tolist(),

@@ -71,6 +71,31 @@ def _tanh(x):
 
 
 @triton.jit
+def _joint_tile(
+    enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_ptr, bias_ptr, logits_ptr, cols, J, N,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """logits[rows, cols] = relu(enc_proj row + pred_proj row) @ W_out[cols]^T + bias[cols].
+    pred_proj is read past L1 (``.cg``): the decode loop kernel rewrites it between uses."""
+    col_ok = cols < N
+    acc = tl.zeros([BB, BN], dtype=tl.float32)
+    for k0 in range(0, J, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_ok = ks < J
+        m = row_ok[:, None] & k_ok[None, :]
+        enc = tl.load(enc_ptr + enc_rows[:, None] + ks[None, :], mask=m, other=0.0)
+        pred_at = pred_ptr + rows[:, None] * J + ks[None, :]
+        pred = tl.load(pred_at, mask=m, other=0.0, cache_modifier=".cg")
+        hidden = tl.maximum(enc + pred, 0.0)
+        w_mask = col_ok[:, None] & k_ok[None, :]
+        w = tl.load(w_ptr + cols[:, None] * J + ks[None, :], mask=w_mask, other=0.0)
+        acc += tl.sum(hidden[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
+    out = logits_ptr + rows[:, None] * N + cols[None, :]
+    tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
 def _joint_kernel(
     enc_ptr, pred_ptr, w_ptr, bias_ptr, time_ptr, len_ptr, logits_ptr,
     B, T, J, N,
@@ -83,38 +108,84 @@ def _joint_kernel(
     frame = tl.minimum(time, tl.maximum(frames - 1, 0))
     enc_rows = (rows.to(tl.int64) * T + frame) * J
     cols = tl.program_id(0) * BN + tl.arange(0, BN)
-    col_ok = cols < N
-    acc = tl.zeros([BB, BN], dtype=tl.float32)
-    for k0 in range(0, J, BK):
-        ks = k0 + tl.arange(0, BK)
-        k_ok = ks < J
-        m = row_ok[:, None] & k_ok[None, :]
-        enc = tl.load(enc_ptr + enc_rows[:, None] + ks[None, :], mask=m, other=0.0)
-        pred = tl.load(pred_ptr + rows[:, None] * J + ks[None, :], mask=m, other=0.0)
-        hidden = tl.maximum(enc + pred, 0.0)
-        w_mask = col_ok[:, None] & k_ok[None, :]
-        w = tl.load(w_ptr + cols[:, None] * J + ks[None, :], mask=w_mask, other=0.0)
-        acc += tl.sum(hidden[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-    acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
-    out = logits_ptr + rows[:, None] * N + cols[None, :]
-    tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
+    _joint_tile(
+        enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_ptr, bias_ptr, logits_ptr, cols, J, N,
+        BB, BN, BK,
+    )  # fmt: skip
 
 
 @triton.jit
 def _argmax_rows(ptr, rows, row_ok, stride, n, BB: tl.constexpr, BL: tl.constexpr):
-    """First index of the maximum of ptr[row * stride + 0..n) per row (torch.argmax's ties)."""
+    """First index of the maximum of ptr[row * stride + 0..n) per row (torch.argmax's ties),
+    read past L1: in the decode loop kernel other programs wrote it."""
     best = tl.full([BB], float("-inf"), dtype=tl.float32)
     best_at = tl.zeros([BB], dtype=tl.int32)
     for l0 in range(0, n, BL):
         cols = l0 + tl.arange(0, BL)
         m = row_ok[:, None] & (cols < n)[None, :]
-        v = tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=m, other=float("-inf"))
+        at = ptr + rows[:, None] * stride + cols[None, :]
+        v = tl.load(at, mask=m, other=float("-inf"), cache_modifier=".cg")
         v_max = tl.max(v, axis=1)
         v_at = tl.argmax(v, axis=1) + l0
         better = v_max > best  # strict: an earlier chunk keeps a tie
         best_at = tl.where(better, v_at, best_at)
         best = tl.where(better, v_max, best)
     return best_at
+
+
+@triton.jit
+def _lstm_tile(
+    x_base, x_rows, h_ptr, c_ptr, w_ptr, b_ptr, h_out_ptr, c_out_ptr, rows, row_ok, emit, hs, H,
+    KEEP: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """The LSTM cell for hidden units ``hs`` of the emitting rows: new h, c from the input rows
+    (x_base + x_rows) and the old state, written to h_out/c_out. With KEEP the other valid rows
+    get their old h, c there (the loop kernel's state buffers alternate). State and the input
+    are read past L1 (other programs of the loop kernel wrote them)."""
+    h_ok = hs < H
+    acc_i = tl.zeros([BB, BH], dtype=tl.float32)
+    acc_f = tl.zeros([BB, BH], dtype=tl.float32)
+    acc_g = tl.zeros([BB, BH], dtype=tl.float32)
+    acc_o = tl.zeros([BB, BH], dtype=tl.float32)
+    for k0 in range(0, 2 * H, BK):  # input [x, h_old] against the packed [w_ih, w_hh]
+        ks = k0 + tl.arange(0, BK)
+        in_x = emit[:, None] & (ks < H)[None, :]
+        in_h = emit[:, None] & ((ks >= H) & (ks < 2 * H))[None, :]
+        x_at = x_base + x_rows[:, None] + ks[None, :]
+        v = tl.load(x_at, mask=in_x, other=0.0, cache_modifier=".cg")
+        h_at = h_ptr + rows[:, None] * H + (ks - H)[None, :]
+        v += tl.load(h_at, mask=in_h, other=0.0, cache_modifier=".cg")
+        w_mask = h_ok[:, None] & (ks < 2 * H)[None, :]
+        w_rows = w_ptr + hs[:, None] * (2 * H) + ks[None, :]
+        gate = 2 * H * H  # elements per gate block of the packed weight
+        w = tl.load(w_rows, mask=w_mask, other=0.0).to(tl.float32)
+        acc_i += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+        w = tl.load(w_rows + gate, mask=w_mask, other=0.0).to(tl.float32)
+        acc_f += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+        w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0).to(tl.float32)
+        acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+        w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0).to(tl.float32)
+        acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+    i = tl.sigmoid(acc_i + tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :])
+    f = tl.sigmoid(acc_f + tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :])
+    g = _tanh(acc_g + tl.load(b_ptr + 2 * H + hs, mask=h_ok, other=0.0)[None, :])
+    o = tl.sigmoid(acc_o + tl.load(b_ptr + 3 * H + hs, mask=h_ok, other=0.0)[None, :])
+    state = rows[:, None] * H + hs[None, :]
+    m = emit[:, None] & h_ok[None, :]
+    c_old = tl.load(
+        c_ptr + state, mask=row_ok[:, None] & h_ok[None, :], other=0.0, cache_modifier=".cg"
+    )
+    c = f * c_old + i * g
+    h = o * _tanh(c)
+    if KEEP:
+        h_old = tl.load(
+            h_ptr + state, mask=row_ok[:, None] & h_ok[None, :], other=0.0, cache_modifier=".cg"
+        )
+        c = tl.where(emit[:, None], c, c_old)
+        h = tl.where(emit[:, None], h, h_old)
+        m = row_ok[:, None] & h_ok[None, :]
+    tl.store(c_out_ptr + state, c, mask=m)
+    tl.store(h_out_ptr + state, h, mask=m)
 
 
 @triton.jit
@@ -134,8 +205,7 @@ def _lstm_kernel(
         emit = row_ok & (time < frames) & (label != BLANK)
         if tl.program_id(0) == 0:
             index = _argmax_rows(logits_ptr + NL, rows, row_ok, N, ND, BB, BD)
-            dur = tl.load(dur_ptr + index, mask=row_ok, other=0)
-            dur = tl.where((label == BLANK) & (dur == 0), 1, dur)
+            dur = _duration(dur_ptr, index, label, row_ok, BLANK)
             tl.store(sel_ptr + rows * 3, label.to(tl.int64), mask=row_ok)
             tl.store(sel_ptr + rows * 3 + 1, dur, mask=row_ok)
             tl.store(sel_ptr + rows * 3 + 2, emit.to(tl.int64), mask=row_ok)
@@ -148,37 +218,29 @@ def _lstm_kernel(
     if tl.max(emit.to(tl.int32), axis=0) == 0:
         return
     hs = tl.program_id(0) * BH + tl.arange(0, BH)
-    h_ok = hs < H
-    acc_i = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_f = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_g = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_o = tl.zeros([BB, BH], dtype=tl.float32)
-    for k0 in range(0, 2 * H, BK):  # input [x, h_old] against the packed [w_ih, w_hh]
-        ks = k0 + tl.arange(0, BK)
-        in_x = emit[:, None] & (ks < H)[None, :]
-        in_h = emit[:, None] & ((ks >= H) & (ks < 2 * H))[None, :]
-        v = tl.load(x_base + x_rows[:, None] + ks[None, :], mask=in_x, other=0.0)
-        v += tl.load(h_ptr + rows[:, None] * H + (ks - H)[None, :], mask=in_h, other=0.0)
-        w_mask = h_ok[:, None] & (ks < 2 * H)[None, :]
-        w_rows = w_ptr + hs[:, None] * (2 * H) + ks[None, :]
-        gate = 2 * H * H  # elements per gate block of the packed weight
-        w = tl.load(w_rows, mask=w_mask, other=0.0).to(tl.float32)
-        acc_i += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + gate, mask=w_mask, other=0.0).to(tl.float32)
-        acc_f += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0).to(tl.float32)
-        acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0).to(tl.float32)
-        acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-    i = tl.sigmoid(acc_i + tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :])
-    f = tl.sigmoid(acc_f + tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :])
-    g = _tanh(acc_g + tl.load(b_ptr + 2 * H + hs, mask=h_ok, other=0.0)[None, :])
-    o = tl.sigmoid(acc_o + tl.load(b_ptr + 3 * H + hs, mask=h_ok, other=0.0)[None, :])
-    state = rows[:, None] * H + hs[None, :]
-    m = emit[:, None] & h_ok[None, :]
-    c = f * tl.load(c_ptr + state, mask=m, other=0.0) + i * g
-    tl.store(c_out_ptr + state, c, mask=m)
-    tl.store(h_out_ptr + state, o * _tanh(c), mask=m)
+    _lstm_tile(
+        x_base, x_rows, h_ptr, c_ptr, w_ptr, b_ptr, h_out_ptr, c_out_ptr, rows, row_ok, emit, hs,
+        H, False, BB, BH, BK,
+    )  # fmt: skip
+
+
+@triton.jit
+def _duration(dur_ptr, index, label, row_ok, BLANK):
+    """The duration a step moves on by: the table's entry; a blank of duration 0 moves 1."""
+    dur = tl.load(dur_ptr + index, mask=row_ok, other=0)
+    return tl.where((label == BLANK) & (dur == 0), 1, dur)
+
+
+@triton.jit
+def _advance(label, dur, emit, active, time, frames, count, on_frame, last_frame, MAX_SYMBOLS):
+    """StepDecoder.step's integer updates on a block of rows: (time, count, on_frame,
+    last_frame) after the step, NeMo's max-symbols rule included."""
+    count = count + emit.to(tl.int64)
+    on_frame = tl.where(emit, tl.where(last_frame == time, on_frame + 1, 1), on_frame)
+    last_frame = tl.where(emit, time, last_frame)
+    new_time = time + dur * active.to(tl.int64)
+    capped = emit & (new_time < frames) & (on_frame >= MAX_SYMBOLS) & (last_frame == new_time)
+    return new_time + capped.to(tl.int64), count, on_frame, last_frame
 
 
 @triton.jit
@@ -186,7 +248,7 @@ def _bookkeeping(
     rows, row_ok, sel_ptr, time_ptr, len_ptr, steps_ptr, count_ptr, on_frame_ptr,
     last_frame_ptr, out_ptr, CAP, MAX_SYMBOLS,
 ):  # fmt: skip
-    """StepDecoder.step's integer updates for the rows of one block."""
+    """The step's integer updates for the rows of one block, from and to the buffers."""
     label = tl.load(sel_ptr + rows * 3, mask=row_ok, other=0)
     dur = tl.load(sel_ptr + rows * 3 + 1, mask=row_ok, other=0)
     emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
@@ -200,16 +262,35 @@ def _bookkeeping(
     tl.store(slot, label, mask=row_ok)
     tl.store(slot + 1, time, mask=row_ok)
     tl.store(slot + 2, dur, mask=row_ok)
-    tl.store(count_ptr + rows, count + emit.to(tl.int64), mask=row_ok)
     on_frame = tl.load(on_frame_ptr + rows, mask=row_ok, other=0)
     last_frame = tl.load(last_frame_ptr + rows, mask=row_ok, other=0)
-    on_frame = tl.where(emit, tl.where(last_frame == time, on_frame + 1, 1), on_frame)
-    last_frame = tl.where(emit, time, last_frame)
+    time, count, on_frame, last_frame = _advance(
+        label, dur, emit, active, time, frames, count, on_frame, last_frame, MAX_SYMBOLS
+    )
+    tl.store(count_ptr + rows, count, mask=row_ok)
     tl.store(on_frame_ptr + rows, on_frame, mask=row_ok)
     tl.store(last_frame_ptr + rows, last_frame, mask=row_ok)
-    new_time = time + dur * active.to(tl.int64)
-    capped = emit & (new_time < frames) & (on_frame >= MAX_SYMBOLS) & (last_frame == new_time)
-    tl.store(time_ptr + rows, new_time + capped.to(tl.int64), mask=row_ok)
+    tl.store(time_ptr + rows, time, mask=row_ok)
+
+
+@triton.jit
+def _project_tile(
+    w_ptr, bias_ptr, top_ptr, pred_ptr, rows, emit, js, H, J,
+    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """pred_proj[rows, js] of the emitting rows from the top LSTM layer's new h (top_ptr)."""
+    j_ok = js < J
+    acc = tl.zeros([BB, BJ], dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_ok = ks < H
+        top_at = top_ptr + rows[:, None] * H + ks[None, :]
+        v = tl.load(top_at, mask=emit[:, None] & k_ok[None, :], other=0.0, cache_modifier=".cg")
+        w_mask = j_ok[:, None] & k_ok[None, :]
+        w = tl.load(w_ptr + js[:, None] * H + ks[None, :], mask=w_mask, other=0.0)
+        acc += tl.sum(v[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    acc += tl.load(bias_ptr + js, mask=j_ok, other=0.0)[None, :]
+    tl.store(pred_ptr + rows[:, None] * J + js[None, :], acc, mask=emit[:, None] & j_ok[None, :])
 
 
 @triton.jit
@@ -230,20 +311,8 @@ def _project_kernel(
     if tl.max(emit.to(tl.int32), axis=0) == 0:
         return
     js = tl.program_id(0) * BJ + tl.arange(0, BJ)
-    j_ok = js < J
-    last = h_new_ptr + (L - 1) * B * H  # the new output of the top layer
-    acc = tl.zeros([BB, BJ], dtype=tl.float32)
-    for k0 in range(0, H, BK):
-        ks = k0 + tl.arange(0, BK)
-        k_ok = ks < H
-        v = tl.load(
-            last + rows[:, None] * H + ks[None, :], mask=emit[:, None] & k_ok[None, :], other=0.0
-        )
-        w_mask = j_ok[:, None] & k_ok[None, :]
-        w = tl.load(w_ptr + js[:, None] * H + ks[None, :], mask=w_mask, other=0.0)
-        acc += tl.sum(v[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-    acc += tl.load(bias_ptr + js, mask=j_ok, other=0.0)[None, :]
-    tl.store(pred_ptr + rows[:, None] * J + js[None, :], acc, mask=emit[:, None] & j_ok[None, :])
+    top = h_new_ptr + (L - 1) * B * H  # the new output of the top layer
+    _project_tile(w_ptr, bias_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK)
     # Commit: the programs share the copy of the emitting rows' new (h, c), all layers.
     stride = tl.num_programs(0) * BC
     for s0 in range(tl.program_id(0) * BC, L * H, stride):
@@ -290,15 +359,15 @@ class TritonStepDecoder(StepDecoder):
             self.b_pred = joint.pred.bias.detach().to(device, torch.float32).contiguous()
             embed = decoder.prediction.embed.weight
             self.embed = embed.detach().to(device, torch.float32).contiguous()
-            # Per layer: [w_ih | w_hh] as one [4H, 2H] matrix and b_ih + b_hh.
-            self.w_lstm = [
-                torch.cat((w_ih, w_hh), dim=1).detach().to(device, wd).contiguous()
-                for w_ih, w_hh, _, _ in self.lstm.layers
-            ]
-            self.b_lstm = [
-                (b_ih + b_hh).detach().to(device, torch.float32).contiguous()
-                for _, _, b_ih, b_hh in self.lstm.layers
-            ]
+            # Per layer: [w_ih | w_hh] as one [4H, 2H] matrix and b_ih + b_hh, the layers
+            # stacked in one tensor (the decode loop kernel takes them all).
+            self.w_lstm_all = torch.stack(
+                [torch.cat((w_ih, w_hh), dim=1) for w_ih, w_hh, _, _ in self.lstm.layers]
+            ).to(device, wd)
+            self.b_lstm_all = torch.stack(
+                [b_ih + b_hh for _, _, b_ih, b_hh in self.lstm.layers]
+            ).to(device, torch.float32)
+            self.w_lstm, self.b_lstm = list(self.w_lstm_all), list(self.b_lstm_all)
         if wd != torch.float32:  # the start state from the same rounded weights
             self._start = self._rounded_start(wd)
         self.num_outputs = self.w_out.shape[0]

@@ -1,0 +1,287 @@
+# mypy: disable-error-code="misc,no-untyped-def,untyped-decorator"
+"""A whole batch's TDT greedy decode in one persistent Triton kernel.
+
+Why: TritonStepDecoder (triton_decoding.py) runs a step as 2 + L dependent kernels; inside a
+CUDA graph each launch still costs ~3 us of latency, so a speech-like step takes ~16 us at
+batch 1 and launches, not arithmetic, are the floor (the weights, ~15 MB in bf16, stay in
+the H100's 50 MB L2). Here one launch does every step: its programs stay resident (at most one
+per SM) and meet at grid-wide barriers (an atomic arrival counter) between the phases a step
+needs in order:
+
+1. joint: logits of the rows at their current frames, output columns split over programs;
+2. every program takes the argmaxes itself and keeps the rows' integer state (time, count,
+   on_frame, last_frame, steps) in registers, identical in all programs, so the step's
+   bookkeeping needs no barrier; program 0 records the emitted labels. A step where no row
+   emits ends here: one barrier per blank step;
+3. one phase per LSTM layer, hidden units split over programs; h and c alternate between two
+   buffers (a non-emitting row's old state is copied across), so no commit phase is needed;
+4. the prediction projection of the emitting rows, split over programs.
+
+The programs loop until every row is past its last frame; the host does not check anything in
+between. The tiles are triton_decoding.py's, so the arithmetic, and with it every token, equals
+TritonStepDecoder's. The kernel needs all of its programs resident at once: the grid is at most
+the GPU's SM count, one program per SM. Triton's interpreter runs programs one after another, so
+there (tests on the CPU) the grid is a single program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from budgie.transducer import Decoder, Joint
+from budgie.triton_decoding import (
+    TritonConfig,
+    TritonStepDecoder,
+    _advance,
+    _argmax_rows,
+    _duration,
+    _joint_tile,
+    _lstm_tile,
+    _project_tile,
+)
+
+# Rows of a batch the loop kernel decodes: every program holds all rows' state in registers.
+LOOP_MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class LoopConfig(TritonConfig):
+    """TritonConfig's tiles, plus the number of programs (0: one per SM, capped by the most
+    tiles a phase has). Every row of the batch is in one block (``block_b`` >= the batch)."""
+
+    programs: int = 0
+    block_b: int = LOOP_MAX_BATCH
+
+
+@triton.jit
+def _grid_sync(counter_ptr, target):
+    """Grid-wide barrier: arrive at the counter and wait until it reaches ``target`` (barriers
+    passed x programs). The release/acquire pair makes every program's earlier stores visible
+    to the loads after it (those loads bypass L1, see the tiles)."""
+    tl.debug_barrier()
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    while arrived < target:
+        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _start_rows(dst_ptr, src_ptr, n, rows, row_ok, pid, P, BB: tl.constexpr, BC: tl.constexpr):
+    """dst[row, 0..n) = src[0..n) for every valid row (the start state is the same for all)."""
+    for s0 in range(pid * BC, n, P * BC):
+        cols = s0 + tl.arange(0, BC)
+        ok = cols < n
+        value = tl.load(src_ptr + cols, mask=ok, other=0.0)[None, :] + tl.zeros(
+            [BB, BC], tl.float32
+        )
+        tl.store(
+            dst_ptr + rows[:, None] * n + cols[None, :], value, mask=row_ok[:, None] & ok[None, :]
+        )
+
+
+@triton.jit
+def _decode_loop_kernel(
+    enc_ptr, len_ptr, start_pred_ptr, start_h_ptr, start_c_ptr,
+    w_out_ptr, b_out_ptr, w_pred_ptr, b_pred_ptr, embed_ptr, w_lstm_ptr, b_lstm_ptr, dur_ptr,
+    logits_ptr, pred_ptr, h_ptr, c_ptr, out_ptr, count_ptr, steps_ptr, time_ptr, counter_ptr,
+    B, T, J, H, N, NL, ND, L, BLANK, CAP, MAX_SYMBOLS,
+    BB: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr,
+    BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr,
+    BL: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    P = tl.num_programs(0)
+    rows = tl.arange(0, BB)
+    row_ok = rows < B
+    layer_size = B * H  # h, c: [2 (alternating), L, B, H]
+    # Start state (the prediction after the start-of-sequence blank) into buffer 0.
+    _start_rows(pred_ptr, start_pred_ptr, J, rows, row_ok, pid, P, BB, BC)
+    for layer in range(L):
+        at = layer * layer_size
+        _start_rows(h_ptr + at, start_h_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
+        _start_rows(c_ptr + at, start_c_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
+    passed = 1
+    _grid_sync(counter_ptr, P)
+
+    frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    time = tl.zeros([BB], dtype=tl.int64)
+    count = tl.zeros([BB], dtype=tl.int64)
+    steps = tl.zeros([BB], dtype=tl.int64)
+    on_frame = tl.zeros([BB], dtype=tl.int64)
+    last_frame = tl.full([BB], -1, dtype=tl.int64)
+    old = 0  # which state buffer holds the current h, c
+    active = row_ok & (time < frames)
+    while tl.max(active.to(tl.int32), axis=0) > 0:
+        frame = tl.minimum(time, tl.maximum(frames - 1, 0))
+        enc_rows = (rows.to(tl.int64) * T + frame) * J
+        for tile in range(pid, tl.cdiv(N, BN), P):
+            cols = tile * BN + tl.arange(0, BN)
+            _joint_tile(
+                enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_out_ptr, b_out_ptr, logits_ptr,
+                cols, J, N, BB, BN, BK_JOINT,
+            )  # fmt: skip
+        passed += 1
+        _grid_sync(counter_ptr, passed * P)
+
+        label = _argmax_rows(logits_ptr, rows, row_ok, N, NL, BB, BL)
+        index = _argmax_rows(logits_ptr + NL, rows, row_ok, N, ND, BB, BD)
+        dur = _duration(dur_ptr, index, label, row_ok, BLANK)
+        emit = active & (label != BLANK)
+        if pid == 0:
+            slot = out_ptr + (rows.to(tl.int64) * CAP + tl.minimum(count, CAP - 1)) * 3
+            tl.store(slot, label.to(tl.int64), mask=active)
+            tl.store(slot + 1, time, mask=active)
+            tl.store(slot + 2, dur, mask=active)
+        steps += active.to(tl.int64)
+        time, count, on_frame, last_frame = _advance(
+            label, dur, emit, active, time, frames, count, on_frame, last_frame, MAX_SYMBOLS
+        )
+
+        if tl.max(emit.to(tl.int32), axis=0) > 0:
+            new = 1 - old
+            for layer in range(L):
+                state = layer * layer_size
+                if layer == 0:  # input: the label's embedding row
+                    x_base = embed_ptr
+                    x_rows = label.to(tl.int64) * H
+                else:  # input: the layer below's new h
+                    x_base = h_ptr + (new * L + layer - 1) * layer_size
+                    x_rows = rows.to(tl.int64) * H
+                for tile in range(pid, tl.cdiv(H, BH), P):
+                    hs = tile * BH + tl.arange(0, BH)
+                    _lstm_tile(
+                        x_base, x_rows, h_ptr + old * L * layer_size + state,
+                        c_ptr + old * L * layer_size + state,
+                        w_lstm_ptr + layer * 8 * H * H, b_lstm_ptr + layer * 4 * H,
+                        h_ptr + new * L * layer_size + state,
+                        c_ptr + new * L * layer_size + state,
+                        rows, row_ok, emit, hs, H, True, BB, BH, BK_LSTM,
+                    )  # fmt: skip
+                passed += 1
+                _grid_sync(counter_ptr, passed * P)
+            top = h_ptr + (new * L + L - 1) * layer_size
+            for tile in range(pid, tl.cdiv(J, BJ), P):
+                js = tile * BJ + tl.arange(0, BJ)
+                _project_tile(
+                    w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK_PROJ
+                )
+            passed += 1
+            _grid_sync(counter_ptr, passed * P)
+            old = new
+        active = row_ok & (time < frames)
+
+    if pid == 0:
+        tl.store(count_ptr + rows, count, mask=row_ok)
+        tl.store(steps_ptr + rows, steps, mask=row_ok)
+        tl.store(time_ptr + rows, time, mask=row_ok)
+
+
+def resident_programs(device: torch.device) -> int:
+    """Programs that are surely resident at once: one per SM on CUDA; 1 in the interpreter."""
+    if device.type != "cuda":
+        return 1
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+class LoopDecoder(TritonStepDecoder):
+    """A step machine whose ``step`` decodes the loaded batch to its end in one launch.
+
+    ``reset`` only records the inputs (no copies: the launch reads them where they are) and
+    ``any_active`` is true until that one ``step``, so ``decode_with_steps`` without a graph
+    runs exactly one launch. Batches of up to LOOP_MAX_BATCH rows."""
+
+    max_batch = LOOP_MAX_BATCH
+    runs_to_end = True
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        joint: Joint,
+        batch: int,
+        max_frames: int,
+        durations: tuple[int, ...],
+        max_symbols: int,
+        device: torch.device,
+        config: TritonConfig | None = None,
+        weight_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if batch > self.max_batch:
+            raise ValueError(f"the loop decoder takes at most {LOOP_MAX_BATCH} rows, not {batch}")
+        config = config if isinstance(config, LoopConfig) else LoopConfig()
+        super().__init__(
+            decoder, joint, batch, max_frames, durations, max_symbols, device, config, weight_dtype
+        )
+        self.config: LoopConfig = config
+        start_pred, start_h, start_c = self._start
+        self.start_pred = start_pred[0].contiguous()
+        self.start_h = start_h[:, 0].contiguous()
+        self.start_c = start_c[:, 0].contiguous()
+        layers, _, hidden = self.h.shape
+        self.h_pair = torch.zeros(2, layers, batch, hidden, device=device)
+        self.c_pair = torch.zeros_like(self.h_pair)
+        self.counter = torch.zeros(1, dtype=torch.int32, device=device)
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        tiles = max(
+            triton.cdiv(self.num_outputs, config.block_n),
+            triton.cdiv(hidden, config.block_h),
+            triton.cdiv(self.enc_proj.shape[2], config.block_j),
+        )
+        self.programs = min(tiles, config.programs or resident_programs(device))
+        if device.type != "cuda":
+            self.programs = 1  # the interpreter runs programs one by one
+
+    @torch.inference_mode()
+    def reset(self, enc_proj: torch.Tensor, lengths: torch.Tensor) -> None:
+        b, t, _ = enc_proj.shape
+        if b > self.batch or t > self.max_frames:
+            raise ValueError(f"batch {b}x{t} exceeds the machine's {self.batch}x{self.max_frames}")
+        self._inputs = (enc_proj.float().contiguous(), lengths.to(torch.long).contiguous())
+
+    def warm_up(self) -> None:
+        """Compile and run the kernel once (one frame of zeros), so that a GPU it cannot run on
+        fails here, where the caller can fall back, not in the middle of a transcription."""
+        hidden = self.enc_proj.shape[2]
+        enc = torch.zeros(1, 1, hidden, device=self.enc_proj.device)
+        self.reset(enc, torch.ones(1, dtype=torch.long, device=enc.device))
+        self.step()
+        self.hypotheses(1)
+
+    def any_active(self) -> bool:
+        """True from ``reset`` until ``step`` has run the batch to its end."""
+        return self._inputs is not None
+
+    def step(self) -> None:
+        """Decode the loaded batch to its end (one kernel launch; no host sync)."""
+        if self._inputs is None:
+            return
+        enc_proj, lengths = self._inputs
+        self._inputs = None
+        b, t, hidden = enc_proj.shape
+        cfg = self.config
+        bb = int(triton.next_power_of_2(max(b, 1)))
+        layers, _, pred_hidden = self.h.shape
+        outputs, labels = self.num_outputs, self.num_labels
+        self.counter.zero_()
+        grid = (self.programs,)
+        _decode_loop_kernel[grid](
+            enc_proj, lengths, self.start_pred, self.start_h, self.start_c,
+            self.w_out, self.b_out, self.w_pred, self.b_pred, self.embed,
+            self.w_lstm_all, self.b_lstm_all, self.durations,
+            self.logits, self.pred_proj, self.h_pair, self.c_pair,
+            self.out, self.count, self.steps, self.time, self.counter,
+            b, t, hidden, pred_hidden, outputs, labels, outputs - labels, layers,
+            self.blank, self.capacity, self.max_symbols,
+            BB=bb, BN=cfg.block_n, BH=cfg.block_h, BJ=cfg.block_j,
+            BK_JOINT=cfg.block_k(bb, cfg.block_n, hidden),
+            BK_LSTM=cfg.block_k(bb, cfg.block_h, 2 * pred_hidden),
+            BK_PROJ=cfg.block_k(bb, cfg.block_j, pred_hidden),
+            BL=min(triton.next_power_of_2(labels), max(16, 2048 // bb)),
+            BD=triton.next_power_of_2(outputs - labels),
+            BC=max(16, 1024 // bb),
+            num_warps=cfg.num_warps,
+        )  # fmt: skip

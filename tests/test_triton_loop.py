@@ -1,0 +1,98 @@
+"""LoopDecoder (one persistent kernel per batch) against the step machines: the same hypotheses.
+
+Runs where Triton can run: on CUDA (many programs meeting at grid barriers), or on the CPU with
+TRITON_INTERPRET=1 (one program: the interpreter runs programs one after another). Elsewhere the
+module is skipped. The loop kernel uses the step kernels' tiles, so with the same tiling its
+tokens, frames, durations and step counts must equal TritonStepDecoder's exactly, and the torch
+StepDecoder's (a float32 near-tie aside, which these inputs do not have).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from budgie.gpu_decoding import StepDecoder, decode_with_steps
+from budgie.model import ParakeetTDT
+from budgie.triton_decoding import TritonStepDecoder
+from budgie.triton_loop import LOOP_MAX_BATCH, LoopConfig, LoopDecoder
+from conftest import SynthModels
+from test_triton_decoding import (
+    DEVICES,
+    MAX_SYMBOLS,
+    network,
+    outcome,
+    random_enc_proj,
+    rounded_weights,
+)
+
+# Batches in a row on one machine of 4 rows: lengths (0 = an empty row), scale, seed.
+BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9], 0.3, 1)]
+
+
+def step_machines(
+    net: ParakeetTDT, batch: int, frames: int, device: str, dtype: torch.dtype
+) -> tuple[StepDecoder, TritonStepDecoder, LoopDecoder]:
+    """The torch machine (on weights rounded to ``dtype``), the Triton step machine and the
+    loop machine (reading ``dtype`` weights), with the same tiling."""
+    dev = torch.device(device)
+    durations = net.cfg.decoding.durations
+    parts = (net.decoder, net.joint)
+    rounded = rounded_weights(net, dtype) if dtype != torch.float32 else net
+    ref = StepDecoder(rounded.decoder, rounded.joint, batch, frames, durations, MAX_SYMBOLS, dev)
+    config = LoopConfig()
+    tri = TritonStepDecoder(
+        *parts, batch, frames, durations, MAX_SYMBOLS, dev, config, weight_dtype=dtype
+    )
+    loop = LoopDecoder(*parts, batch, frames, durations, MAX_SYMBOLS, dev, config, dtype)
+    return ref, tri, loop
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_loop_decodes_as_the_step_machines(
+    synth_models: SynthModels, device: str, dtype: torch.dtype
+) -> None:
+    """Several batches in a row on one machine (nothing of a decode may leak into the next):
+    rows of different lengths, an empty row, a batch where nothing is emitted, the max-symbols
+    cap; in bf16 the weights are read rounded, as the step machine reads them."""
+    net = network(synth_models, device)
+    frames = 20
+    ref, tri, loop = step_machines(net, 4, frames, device, dtype)
+    if device == "cuda":
+        assert loop.programs > 1  # the grid barriers are really exercised
+    emitted, capped = 0, False
+    for lengths, scale, seed in BATCHES:
+        enc, lens = random_enc_proj(net, lengths, max(lengths), scale, seed, device)
+        want = outcome(decode_with_steps(ref, enc, lens, None))
+        assert outcome(decode_with_steps(tri, enc, lens, None)) == want
+        assert outcome(decode_with_steps(loop, enc, lens, None)) == want, (lengths, seed)
+        assert [h[3] > 0 for h in want] == [n > 0 for n in lengths]
+        emitted += sum(len(h[0]) for h in want)
+        capped = capped or any(  # the cap: MAX_SYMBOLS labels on a frame, then the frame moves on
+            h[1][i] == h[1][i + MAX_SYMBOLS - 1] for h in want for i in range(len(h[1]) - 1)
+        )
+    assert emitted >= 20 and capped
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nothing_to_decode(synth_models: SynthModels, device: str) -> None:
+    """Rows of length 0 only: the kernel ends at once with empty hypotheses."""
+    net = network(synth_models, device)
+    _, _, loop = step_machines(net, 2, 8, device, torch.float32)
+    enc, lens = random_enc_proj(net, [0, 0], 8, 1.5, 0, device)
+    assert outcome(decode_with_steps(loop, enc, lens, None)) == [([], [], [], 0)] * 2
+
+
+def test_batch_limit(synth_models: SynthModels) -> None:
+    net = network(synth_models, "cpu")
+    durations = net.cfg.decoding.durations
+    args = (net.decoder, net.joint, LOOP_MAX_BATCH + 1, 8, durations, 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match=f"at most {LOOP_MAX_BATCH} rows"):
+        LoopDecoder(*args)
+    machine = LoopDecoder(*args[:2], 2, 8, *args[4:])
+    enc, lens = random_enc_proj(net, [9, 3, 1], 9, 1.5, 0, "cpu")
+    with pytest.raises(ValueError, match="exceeds"):
+        machine.reset(enc, lens)
