@@ -210,11 +210,11 @@ def main() -> None:
         loops: dict[str, Any] = {"loop": LoopConfig()}
         if not args.no_sweep:
             loops |= {
-                "loop_p32": LoopConfig(programs=32),
-                "loop_p64": LoopConfig(programs=64),
-                "loop_bh4_bn8_bj4": LoopConfig(block_h=4, block_n=8, block_j=4),
-                "loop_bh1_bn2_bj1": LoopConfig(block_h=1, block_n=2, block_j=1),
-                "loop_w8": LoopConfig(num_warps=8, tile=8192),
+                "loop_streamed": LoopConfig(hold_weights=False),
+                "loop_bh4": LoopConfig(block_h=4),
+                "loop_bh8_tile16k": LoopConfig(block_h=8, tile=16384),
+                "loop_w4_tile4k": LoopConfig(num_warps=4, tile=4096),
+                "loop_bh1": LoopConfig(block_h=1),
             }
         for name, config in loops.items():
             for b in [b for b in BATCHES if b <= LOOP_MAX_BATCH]:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
-from budgie.gpu_decoding import StepDecoder, decode_with_steps
-from budgie.model import ParakeetTDT
-from budgie.triton_decoding import TritonStepDecoder
-from budgie.triton_loop import LOOP_MAX_BATCH, LoopConfig, LoopDecoder
-from conftest import SynthModels
-from test_triton_decoding import (
+from budgie.gpu_decoding import StepDecoder, decode_with_steps  # noqa: E402
+from budgie.model import ParakeetTDT  # noqa: E402
+from budgie.triton_decoding import TritonStepDecoder  # noqa: E402
+from budgie.triton_loop import LOOP_MAX_BATCH, LoopConfig, LoopDecoder  # noqa: E402
+from conftest import SynthModels  # noqa: E402
+from test_triton_decoding import (  # noqa: E402
     DEVICES,
     MAX_SYMBOLS,
     network,
@@ -32,8 +32,25 @@ from test_triton_decoding import (
 BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9], 0.3, 1)]
 
 
+def loop_config(net: ParakeetTDT, device: str, tiling: str) -> LoopConfig:
+    """ "held": each program keeps one joint and one projection tile's weights in registers
+    (on the CPU's single program that takes tiles covering every output); "streamed": the
+    tiles are read from memory at every step."""
+    if tiling == "streamed":
+        return LoopConfig(hold_weights=False)
+    if device == "cuda":
+        return LoopConfig()
+    outputs = net.joint.joint_net[2].out_features
+    return LoopConfig(block_n=triton.next_power_of_2(outputs), block_j=net.joint.pred.out_features)
+
+
 def step_machines(
-    net: ParakeetTDT, batch: int, frames: int, device: str, dtype: torch.dtype
+    net: ParakeetTDT,
+    batch: int,
+    frames: int,
+    device: str,
+    dtype: torch.dtype,
+    config: LoopConfig | None = None,
 ) -> tuple[StepDecoder, TritonStepDecoder, LoopDecoder]:
     """The torch machine (on weights rounded to ``dtype``), the Triton step machine and the
     loop machine (reading ``dtype`` weights), with the same tiling."""
@@ -42,7 +59,7 @@ def step_machines(
     parts = (net.decoder, net.joint)
     rounded = rounded_weights(net, dtype) if dtype != torch.float32 else net
     ref = StepDecoder(rounded.decoder, rounded.joint, batch, frames, durations, MAX_SYMBOLS, dev)
-    config = LoopConfig()
+    config = config or LoopConfig()
     tri = TritonStepDecoder(
         *parts, batch, frames, durations, MAX_SYMBOLS, dev, config, weight_dtype=dtype
     )
@@ -50,19 +67,22 @@ def step_machines(
     return ref, tri, loop
 
 
+@pytest.mark.parametrize("tiling", ["held", "streamed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_loop_decodes_as_the_step_machines(
-    synth_models: SynthModels, device: str, dtype: torch.dtype
+    synth_models: SynthModels, device: str, dtype: torch.dtype, tiling: str
 ) -> None:
     """Several batches in a row on one machine (nothing of a decode may leak into the next):
     rows of different lengths, an empty row, a batch where nothing is emitted, the max-symbols
     cap; in bf16 the weights are read rounded, as the step machine reads them."""
     net = network(synth_models, device)
     frames = 20
-    ref, tri, loop = step_machines(net, 4, frames, device, dtype)
+    config = loop_config(net, device, tiling)
+    ref, tri, loop = step_machines(net, 4, frames, device, dtype, config)
     if device == "cuda":
         assert loop.programs > 1  # the grid barriers are really exercised
+    assert loop._holds(4, net.joint.pred.out_features) == (tiling == "held")
     emitted, capped = 0, False
     for lengths, scale, seed in BATCHES:
         enc, lens = random_enc_proj(net, lengths, max(lengths), scale, seed, device)

@@ -46,6 +46,8 @@ from budgie.triton_decoding import (
 
 # Rows of a batch the loop kernel decodes: every program holds all rows' state in registers.
 LOOP_MAX_BATCH = 8
+# Up to this many rows the programs keep their joint and projection weights in registers.
+HOLD_MAX_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,13 @@ class LoopConfig(TritonConfig):
 
     programs: int = 0
     block_b: int = LOOP_MAX_BATCH
+    hold_weights: bool = True
+    # Defaults: the fastest at batch 1-2 on an H100 (one joint tile of 8 outputs and one
+    # projection tile per program; benchmarks/results/gpu_decoder_micro_h100_2026-11-24_loop.json).
+    block_n: int = 8
+    block_j: int = 8
+    tile: int = 8192
+    num_warps: int = 8
 
 
 @triton.jit
@@ -85,6 +94,34 @@ def _start_rows(dst_ptr, src_ptr, n, rows, row_ok, pid, P, BB: tl.constexpr, BC:
 
 
 @triton.jit
+def _held_joint_tile(
+    enc_ptr, enc_rows, pred_ptr, rows, row_ok, w, bias, logits_ptr, cols, J, N,
+    JP: tl.constexpr,
+):  # fmt: skip
+    """_joint_tile with the program's W_out rows and bias held in registers (w: [BN, JP])."""
+    ks = tl.arange(0, JP)
+    m = row_ok[:, None] & (ks < J)[None, :]
+    enc = tl.load(enc_ptr + enc_rows[:, None] + ks[None, :], mask=m, other=0.0)
+    pred_at = pred_ptr + rows[:, None] * J + ks[None, :]
+    hidden = tl.maximum(enc + tl.load(pred_at, mask=m, other=0.0, cache_modifier=".cg"), 0.0)
+    acc = tl.sum(hidden[:, None, :] * w.to(tl.float32)[None, :, :], axis=2) + bias[None, :]
+    out = logits_ptr + rows[:, None] * N + cols[None, :]
+    tl.store(out, acc, mask=row_ok[:, None] & (cols < N)[None, :])
+
+
+@triton.jit
+def _held_project_tile(top_ptr, rows, emit, w, bias, pred_ptr, js, H, J, HP: tl.constexpr):
+    """_project_tile with the program's W_pred rows and bias held in registers ([BJ, HP])."""
+    ks = tl.arange(0, HP)
+    top_at = top_ptr + rows[:, None] * H + ks[None, :]
+    v = tl.load(top_at, mask=emit[:, None] & (ks < H)[None, :], other=0.0, cache_modifier=".cg")
+    acc = tl.sum(v[:, None, :] * w.to(tl.float32)[None, :, :], axis=2) + bias[None, :]
+    tl.store(
+        pred_ptr + rows[:, None] * J + js[None, :], acc, mask=emit[:, None] & (js < J)[None, :]
+    )
+
+
+@triton.jit
 def _decode_loop_kernel(
     enc_ptr, len_ptr, start_pred_ptr, start_h_ptr, start_c_ptr,
     w_out_ptr, b_out_ptr, w_pred_ptr, b_pred_ptr, embed_ptr, w_lstm_ptr, b_lstm_ptr, dur_ptr,
@@ -93,9 +130,21 @@ def _decode_loop_kernel(
     BB: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr,
     BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
+    HOLD: tl.constexpr, JP: tl.constexpr, HP: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     P = tl.num_programs(0)
+    if HOLD:  # one joint tile and one projection tile per program, weights kept in registers
+        held_cols = pid * BN + tl.arange(0, BN)
+        kj = tl.arange(0, JP)
+        m = (held_cols < N)[:, None] & (kj < J)[None, :]
+        w_joint = tl.load(w_out_ptr + held_cols[:, None] * J + kj[None, :], mask=m, other=0.0)
+        b_joint = tl.load(b_out_ptr + held_cols, mask=held_cols < N, other=0.0)
+        held_js = pid * BJ + tl.arange(0, BJ)
+        kh = tl.arange(0, HP)
+        m = (held_js < J)[:, None] & (kh < H)[None, :]
+        w_proj = tl.load(w_pred_ptr + held_js[:, None] * H + kh[None, :], mask=m, other=0.0)
+        b_proj = tl.load(b_pred_ptr + held_js, mask=held_js < J, other=0.0)
     rows = tl.arange(0, BB)
     row_ok = rows < B
     layer_size = B * H  # h, c: [2 (alternating), L, B, H]
@@ -119,12 +168,18 @@ def _decode_loop_kernel(
     while tl.max(active.to(tl.int32), axis=0) > 0:
         frame = tl.minimum(time, tl.maximum(frames - 1, 0))
         enc_rows = (rows.to(tl.int64) * T + frame) * J
-        for tile in range(pid, tl.cdiv(N, BN), P):
-            cols = tile * BN + tl.arange(0, BN)
-            _joint_tile(
-                enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_out_ptr, b_out_ptr, logits_ptr,
-                cols, J, N, BB, BN, BK_JOINT,
+        if HOLD:
+            _held_joint_tile(
+                enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_joint, b_joint, logits_ptr,
+                held_cols, J, N, JP,
             )  # fmt: skip
+        else:
+            for tile in range(pid, tl.cdiv(N, BN), P):
+                cols = tile * BN + tl.arange(0, BN)
+                _joint_tile(
+                    enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_out_ptr, b_out_ptr,
+                    logits_ptr, cols, J, N, BB, BN, BK_JOINT,
+                )  # fmt: skip
         passed += 1
         _grid_sync(counter_ptr, passed * P)
 
@@ -165,11 +220,15 @@ def _decode_loop_kernel(
                 passed += 1
                 _grid_sync(counter_ptr, passed * P)
             top = h_ptr + (new * L + L - 1) * layer_size
-            for tile in range(pid, tl.cdiv(J, BJ), P):
-                js = tile * BJ + tl.arange(0, BJ)
-                _project_tile(
-                    w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK_PROJ
-                )
+            if HOLD:
+                _held_project_tile(top, rows, emit, w_proj, b_proj, pred_ptr, held_js, H, J, HP)
+            else:
+                for tile in range(pid, tl.cdiv(J, BJ), P):
+                    js = tile * BJ + tl.arange(0, BJ)
+                    _project_tile(
+                        w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ,
+                        BK_PROJ,
+                    )  # fmt: skip
             passed += 1
             _grid_sync(counter_ptr, passed * P)
             old = new
@@ -242,6 +301,13 @@ class LoopDecoder(TritonStepDecoder):
             raise ValueError(f"batch {b}x{t} exceeds the machine's {self.batch}x{self.max_frames}")
         self._inputs = (enc_proj.float().contiguous(), lengths.to(torch.long).contiguous())
 
+    def _holds(self, rows: int, hidden: int) -> bool:
+        """Whether each program can keep its joint and projection weight rows in registers:
+        one tile of each per program, and few rows (the product tile grows with them)."""
+        cfg = self.config
+        tiles = max(triton.cdiv(self.num_outputs, cfg.block_n), triton.cdiv(hidden, cfg.block_j))
+        return cfg.hold_weights and rows <= HOLD_MAX_ROWS and tiles <= self.programs
+
     def warm_up(self) -> None:
         """Compile and run the kernel once (one frame of zeros), so that a GPU it cannot run on
         fails here, where the caller can fall back, not in the middle of a transcription."""
@@ -280,8 +346,11 @@ class LoopDecoder(TritonStepDecoder):
             BK_JOINT=cfg.block_k(bb, cfg.block_n, hidden),
             BK_LSTM=cfg.block_k(bb, cfg.block_h, 2 * pred_hidden),
             BK_PROJ=cfg.block_k(bb, cfg.block_j, pred_hidden),
-            BL=min(triton.next_power_of_2(labels), max(16, 2048 // bb)),
+            BL=min(triton.next_power_of_2(labels), max(16, 8192 // bb)),
             BD=triton.next_power_of_2(outputs - labels),
             BC=max(16, 1024 // bb),
+            HOLD=self._holds(bb, hidden),
+            JP=triton.next_power_of_2(hidden),
+            HP=triton.next_power_of_2(pred_hidden),
             num_warps=cfg.num_warps,
         )  # fmt: skip
