@@ -212,7 +212,7 @@ def main() -> None:
             loops |= {
                 "loop_streamed": LoopConfig(hold_weights=False),
                 "loop_bh4": LoopConfig(block_h=4),
-                "loop_bh8_tile16k": LoopConfig(block_h=8, tile=16384),
+                "loop_bh4_tile8k": LoopConfig(block_h=4, tile=8192),
                 "loop_w4_tile4k": LoopConfig(num_warps=4, tile=4096),
                 "loop_bh1": LoopConfig(block_h=1),
             }

@@ -45,7 +45,9 @@ from budgie.triton_decoding import (
 )
 
 # Rows of a batch the loop kernel decodes: every program holds all rows' state in registers.
-LOOP_MAX_BATCH = 8
+# At 8 rows it was slower than the graphed step kernels (117 vs 66 us per speech-like step
+# in bf16), at 4 faster (21 vs 27): benchmarks/results/gpu_decoder_micro_h100_2026-11-24_loop.json.
+LOOP_MAX_BATCH = 4
 # Up to this many rows the programs keep their joint and projection weights in registers.
 HOLD_MAX_ROWS = 4
 
@@ -59,10 +61,13 @@ class LoopConfig(TritonConfig):
     block_b: int = LOOP_MAX_BATCH
     hold_weights: bool = True
     # Defaults: the fastest at batch 1-2 on an H100 (one joint tile of 8 outputs and one
-    # projection tile per program; benchmarks/results/gpu_decoder_micro_h100_2026-11-24_loop.json).
+    # projection tile per program, 8 hidden units per LSTM tile: speech-like 8.7 us per step
+    # at batch 1 in bf16 vs 14.8 for the graphed step kernels;
+    # benchmarks/results/gpu_decoder_micro_h100_2026-11-24_loop.json, "loop_bh8_tile16k").
     block_n: int = 8
     block_j: int = 8
-    tile: int = 8192
+    block_h: int = 8
+    tile: int = 16384
     num_warps: int = 8
 
 
