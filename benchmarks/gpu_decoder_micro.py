@@ -210,7 +210,7 @@ def main() -> None:
         loops: dict[str, Any] = {"loop": LoopConfig()}
         if not args.no_sweep:
             loops |= {
-                "loop_streamed": LoopConfig(hold_weights=False),
+                "loop_held": LoopConfig(hold_weights=True),
                 "loop_bh4": LoopConfig(block_h=4),
                 "loop_bh4_tile8k": LoopConfig(block_h=4, tile=8192),
                 "loop_w4_tile4k": LoopConfig(num_warps=4, tile=4096),

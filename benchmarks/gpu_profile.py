@@ -35,6 +35,12 @@ from budgie.synth import synth_nemo  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "graphs": {"compile_decoder": False, "compile_encoder": False, "triton": False},
     "graphs_triton": {"compile_decoder": False, "compile_encoder": False, "triton": True},
+    "graphs_triton_steps": {  # the Triton step kernels in graphs instead of the loop kernel
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "loop": False,
+    },
     "graphs_triton_fp32_decoder": {
         "compile_decoder": False,
         "compile_encoder": False,
@@ -60,8 +66,11 @@ def runner(
     triton: bool,
     fused: bool = True,
     fp32_decoder: bool = False,
+    loop: bool = True,
 ) -> CudaRunner:
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
+    if not triton or not loop or fp32_decoder:
+        made.loop_decoder = None
     if not triton:
         made.triton_decoder = None
     elif fp32_decoder:  # the Triton step with float32 weights whatever the model's dtype

@@ -37,11 +37,15 @@ def loop_config(net: ParakeetTDT, device: str, tiling: str) -> LoopConfig:
     (on the CPU's single program that takes tiles covering every output); "streamed": the
     tiles are read from memory at every step."""
     if tiling == "streamed":
-        return LoopConfig(hold_weights=False)
-    if device == "cuda":
         return LoopConfig()
+    if device == "cuda":
+        return LoopConfig(hold_weights=True)
     outputs = net.joint.joint_net[2].out_features
-    return LoopConfig(block_n=triton.next_power_of_2(outputs), block_j=net.joint.pred.out_features)
+    return LoopConfig(
+        hold_weights=True,
+        block_n=triton.next_power_of_2(outputs),
+        block_j=net.joint.pred.out_features,
+    )
 
 
 def step_machines(

@@ -59,7 +59,10 @@ class LoopConfig(TritonConfig):
 
     programs: int = 0
     block_b: int = LOOP_MAX_BATCH
-    hold_weights: bool = True
+    # Keep the joint/projection weight rows in registers: no faster in the end (B=1 bf16 decode
+    # of a synthetic v2 clip 3.62 ms held vs 3.37 streamed on an H100,
+    # benchmarks/results/gpu_decode_context_h100_2026-11-24.json), so off by default.
+    hold_weights: bool = False
     # Defaults: the fastest at batch 1-2 on an H100 (one joint tile of 8 outputs and one
     # projection tile per program, 8 hidden units per LSTM tile: speech-like 8.7 us per step
     # at batch 1 in bf16 vs 14.8 for the graphed step kernels;
@@ -126,7 +129,7 @@ def _held_project_tile(top_ptr, rows, emit, w, bias, pred_ptr, js, H, J, HP: tl.
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "T"])  # one compiled kernel for every batch and length
 def _decode_loop_kernel(
     enc_ptr, len_ptr, start_pred_ptr, start_h_ptr, start_c_ptr,
     w_out_ptr, b_out_ptr, w_pred_ptr, b_pred_ptr, embed_ptr, w_lstm_ptr, b_lstm_ptr, dur_ptr,
