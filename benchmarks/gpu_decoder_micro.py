@@ -211,6 +211,10 @@ def main() -> None:
         if not args.no_sweep:
             loops |= {
                 "loop_held": LoopConfig(hold_weights=True),
+                "loop_flag": LoopConfig(barrier_groups=-1),
+                "loop_groups4": LoopConfig(barrier_groups=4),
+                "loop_groups8": LoopConfig(barrier_groups=8),
+                "loop_groups16": LoopConfig(barrier_groups=16),
                 "loop_bh4": LoopConfig(block_h=4),
                 "loop_bh4_tile8k": LoopConfig(block_h=4, tile=8192),
                 "loop_w4_tile4k": LoopConfig(num_warps=4, tile=4096),

@@ -35,9 +35,14 @@ BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9],
 def loop_config(net: ParakeetTDT, device: str, tiling: str) -> LoopConfig:
     """ "held": each program keeps one joint and one projection tile's weights in registers
     (on the CPU's single program that takes tiles covering every output); "streamed": the
-    tiles are read from memory at every step."""
+    tiles are read from memory at every step; "grouped" / "flagged": streamed, with the
+    other barriers (see _grid_sync)."""
     if tiling == "streamed":
         return LoopConfig()
+    if tiling == "grouped":  # the barrier's arrivals in groups (one group of one on the CPU)
+        return LoopConfig(barrier_groups=8)
+    if tiling == "flagged":  # the barrier's last arrival raises a flag
+        return LoopConfig(barrier_groups=-1)
     if device == "cuda":
         return LoopConfig(hold_weights=True)
     outputs = net.joint.joint_net[2].out_features
@@ -71,7 +76,7 @@ def step_machines(
     return ref, tri, loop
 
 
-@pytest.mark.parametrize("tiling", ["held", "streamed"])
+@pytest.mark.parametrize("tiling", ["held", "streamed", "grouped", "flagged"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_loop_decodes_as_the_step_machines(

@@ -63,6 +63,9 @@ class LoopConfig(TritonConfig):
     # of a synthetic v2 clip 3.62 ms held vs 3.37 streamed on an H100,
     # benchmarks/results/gpu_decode_context_h100_2026-11-24.json), so off by default.
     hold_weights: bool = False
+    # Barrier arrivals in this many groups (0: all at one counter; -1: one counter whose last
+    # arrival raises a separate flag; see _grid_sync).
+    barrier_groups: int = 0
     # Defaults: the fastest at batch 1-2 on an H100 (one joint tile of 8 outputs and one
     # projection tile per program, 8 hidden units per LSTM tile: speech-like 8.7 us per step
     # at batch 1 in bf16 vs 14.8 for the graphed step kernels;
@@ -75,12 +78,30 @@ class LoopConfig(TritonConfig):
 
 
 @triton.jit
-def _grid_sync(counter_ptr, target):
-    """Grid-wide barrier: arrive at the counter and wait until it reaches ``target`` (barriers
-    passed x programs). The release/acquire pair makes every program's earlier stores visible
-    to the loads after it (those loads bypass L1, see the tiles)."""
+def _grid_sync(counter_ptr, passed, pid, P, GROUPS: tl.constexpr):
+    """Grid-wide barrier number ``passed`` (1, 2, ...): arrive, then wait until every program
+    has. The release/acquire pairs make every program's earlier stores visible to the loads
+    after it (those loads bypass L1, see the tiles). GROUPS = 0: all programs arrive at one
+    counter (counter_ptr[0]); GROUPS < 0: all arrive at counter 1 and the last arrival sets
+    counter 0 to ``passed`` (the polled address sees no arrivals); else program p arrives at
+    group counter 1 + p % GROUPS and the last arrival of each group arrives at counter 0 for
+    it, so fewer atomics queue on one address."""
     tl.debug_barrier()
-    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    if GROUPS == 0:
+        tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+        target = passed * P
+    elif GROUPS < 0:  # one counter; its last arrival raises a flag (counter 1) everyone polls
+        before = tl.atomic_add(counter_ptr + 1, 1, sem="acq_rel", scope="gpu")
+        if before == passed * P - 1:
+            tl.atomic_xchg(counter_ptr, passed, sem="release", scope="gpu")
+        target = passed
+    else:
+        group = pid % GROUPS
+        size = (P - group + GROUPS - 1) // GROUPS  # programs in this group
+        before = tl.atomic_add(counter_ptr + 1 + group, 1, sem="acq_rel", scope="gpu")
+        if before == passed * size - 1:  # the group's last arrival
+            tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+        target = passed * GROUPS
     arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     while arrived < target:
         arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
@@ -138,7 +159,7 @@ def _decode_loop_kernel(
     BB: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr,
     BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
-    HOLD: tl.constexpr, JP: tl.constexpr, HP: tl.constexpr,
+    HOLD: tl.constexpr, JP: tl.constexpr, HP: tl.constexpr, GROUPS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     P = tl.num_programs(0)
@@ -163,7 +184,7 @@ def _decode_loop_kernel(
         _start_rows(h_ptr + at, start_h_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
         _start_rows(c_ptr + at, start_c_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
     passed = 1
-    _grid_sync(counter_ptr, P)
+    _grid_sync(counter_ptr, passed, pid, P, GROUPS)
 
     frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
     time = tl.zeros([BB], dtype=tl.int64)
@@ -189,7 +210,7 @@ def _decode_loop_kernel(
                     logits_ptr, cols, J, N, BB, BN, BK_JOINT,
                 )  # fmt: skip
         passed += 1
-        _grid_sync(counter_ptr, passed * P)
+        _grid_sync(counter_ptr, passed, pid, P, GROUPS)
 
         label = _argmax_rows(logits_ptr, rows, row_ok, N, NL, BB, BL)
         index = _argmax_rows(logits_ptr + NL, rows, row_ok, N, ND, BB, BD)
@@ -226,7 +247,7 @@ def _decode_loop_kernel(
                         rows, row_ok, emit, hs, H, True, BB, BH, BK_LSTM,
                     )  # fmt: skip
                 passed += 1
-                _grid_sync(counter_ptr, passed * P)
+                _grid_sync(counter_ptr, passed, pid, P, GROUPS)
             top = h_ptr + (new * L + L - 1) * layer_size
             if HOLD:
                 _held_project_tile(top, rows, emit, w_proj, b_proj, pred_ptr, held_js, H, J, HP)
@@ -238,7 +259,7 @@ def _decode_loop_kernel(
                         BK_PROJ,
                     )  # fmt: skip
             passed += 1
-            _grid_sync(counter_ptr, passed * P)
+            _grid_sync(counter_ptr, passed, pid, P, GROUPS)
             old = new
         active = row_ok & (time < frames)
 
@@ -291,7 +312,6 @@ class LoopDecoder(TritonStepDecoder):
         layers, _, hidden = self.h.shape
         self.h_pair = torch.zeros(2, layers, batch, hidden, device=device)
         self.c_pair = torch.zeros_like(self.h_pair)
-        self.counter = torch.zeros(1, dtype=torch.int32, device=device)
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         tiles = max(
             triton.cdiv(self.num_outputs, config.block_n),
@@ -301,6 +321,9 @@ class LoopDecoder(TritonStepDecoder):
         self.programs = min(tiles, config.programs or resident_programs(device))
         if device.type != "cuda":
             self.programs = 1  # the interpreter runs programs one by one
+        # Arrival counters of the grid barrier: the top one, then one per group.
+        self.groups = min(config.barrier_groups, self.programs)
+        self.counter = torch.zeros(1 + max(self.groups, 1), dtype=torch.int32, device=device)
 
     @torch.inference_mode()
     def reset(self, enc_proj: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -360,5 +383,6 @@ class LoopDecoder(TritonStepDecoder):
             HOLD=self._holds(bb, hidden),
             JP=triton.next_power_of_2(hidden),
             HP=triton.next_power_of_2(pred_hidden),
+            GROUPS=self.groups,
             num_warps=cfg.num_warps,
         )  # fmt: skip
