@@ -53,13 +53,47 @@ def contexts(runner: CudaRunner, audio: Any, reps: int) -> dict[str, float]:
         torch.cuda.synchronize()
         time.sleep(0.002)
         after_gap.append(timed_decode(runner, encoded, enc_lengths))
-    steps = [h.steps for h in runner.decode(encoded, enc_lengths)]
+    hyps = runner.decode(encoded, enc_lengths)
     return {
         "hot_ms": statistics.median(hot),
         "after_encode_ms": statistics.median(after_encode),
         "after_2ms_gap_ms": statistics.median(after_gap),
-        "steps": steps[0],
+        "steps": hyps[0].steps,
+        "tokens": len(hyps[0].token_ids),
+        "parts_ms": parts(runner, encoded, enc_lengths, reps),
     }
+
+
+def parts(
+    runner: CudaRunner, encoded: torch.Tensor, lengths: torch.Tensor, reps: int
+) -> dict[str, float]:
+    """decode()'s pieces, each timed on the host with a sync after it (medians): the joint's
+    encoder projection, the lengths to the host, the machine's reset + steps, the hypotheses."""
+    times: dict[str, list[float]] = {}
+
+    def clock(name: str, t0: float) -> float:
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.setdefault(name, []).append((now - t0) * 1000)
+        return now
+
+    machine, graphed = next(iter(runner._decoders.values()))
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        enc_proj = runner.network.joint.project_encoder(encoded.float())
+        t = clock("project_encoder", t)
+        lengths.tolist()
+        t = clock("lengths_to_host", t)
+        machine.reset(enc_proj, lengths)
+        if graphed is None:
+            machine.step()
+        else:
+            graphed.run(0)
+        t = clock("reset_and_steps", t)
+        machine.hypotheses(encoded.shape[0])
+        clock("hypotheses", t)
+    return {name: round(statistics.median(values), 3) for name, values in times.items()}
 
 
 def main() -> None:
@@ -92,12 +126,13 @@ def main() -> None:
         "loop": LoopDecoder,
         "loop_p64": loop_with(LoopConfig(programs=64)),
         "loop_held": loop_with(LoopConfig(hold_weights=True)),
+        "loop_bh4": loop_with(LoopConfig(block_h=4)),
     }
     for name, loop in variants.items():
         runner = CudaRunner(model.network, True, False, False)
         runner.loop_decoder = loop
         out[name] = contexts(runner, audio, args.reps)
-        print(name, {k: round(v, 3) for k, v in out[name].items()}, flush=True)
+        print(name, json.dumps(out[name], default=lambda v: round(v, 3)), flush=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
 
 
