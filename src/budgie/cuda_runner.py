@@ -8,7 +8,9 @@ do not depend on the bucket) to keep the number of graphs small. Decoding replay
 
 Graphs are captured lazily, the second time a shape bucket is seen (the first call runs eagerly,
 so a one-off transcript never pays for a capture), and kept for the life of the model. Up to
-``TRITON_MAX_BATCH`` rows the captured decoder step is the Triton one (triton_decoding.py); in
+the loop decoder's max_batch (4) rows a batch then decodes in one launch of a persistent Triton
+kernel (triton_loop.py, no graph); up to ``TRITON_MAX_BATCH`` rows the captured decoder step is
+the Triton one (triton_decoding.py); in
 bf16/fp16 the captured encoder layers run with Triton-fused elementwise kernels
 (triton_encoder.py; float32 keeps the eager layers).
 
