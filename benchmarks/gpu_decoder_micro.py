@@ -51,7 +51,7 @@ from budgie.synth import PRESETS  # noqa: E402
 from budgie.synth_weights import _Draws, _fill, nemo_layout  # noqa: E402
 from budgie.transducer import Decoder, Joint  # noqa: E402
 
-BATCHES = (1, 2, 4, 8, 16, 32)
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
 MAX_FRAMES = 512  # cuda_runner.DECODER_FRAMES
 SPEC = PRESETS["parakeet-tdt-0.6b-v2"]
 VOCAB = 1024
@@ -206,6 +206,10 @@ def main() -> None:
         if TritonStepDecoder is not None:
             plan.append(("triton_graphed", b, triton_machine(b), "graph"))
             plan.append(("triton_graphed_bf16", b, triton_machine(b, dtype=bf16), "graph"))
+            if b >= 8:  # the argmaxes in every LSTM program, as before _select_kernel
+                unselected = TritonConfig(select_rows=1 << 20)
+                make = triton_machine(b, unselected, bf16)
+                plan.append(("triton_unselected_bf16", b, make, "graph"))
     if LoopDecoder is not None:  # the one-launch decoder, its default and a sweep
         loops: dict[str, Any] = {"loop": LoopConfig()}
         if not args.no_sweep:

@@ -31,11 +31,12 @@ from conftest import SynthModels  # noqa: E402
 
 # The interpreter runs on host memory (and cannot be captured in a CUDA graph): CPU tensors only.
 DEVICES = ["cpu"] if INTERPRET else ["cuda"]
-# The default tiling, and a coarse one (fewer, larger programs; 2 rows per program so a batch
-# of 3 spans two row blocks with a partial one).
+# The default tiling, a coarse one (fewer, larger programs; 2 rows per program so a batch of 3
+# spans two row blocks with a partial one), and the default with _select_kernel.
 CONFIGS = {
     "default": TritonConfig(),
     "coarse": TritonConfig(block_b=2, block_n=64, block_h=16, block_j=32, tile=8192),
+    "selected": TritonConfig(select_rows=1),  # the argmaxes in their own kernel at any batch
 }
 INT_STATE = ("out", "count", "steps", "time", "on_frame", "last_frame")
 FLOAT_STATE = ("h", "c", "pred_proj")

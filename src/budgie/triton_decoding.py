@@ -9,7 +9,8 @@ benchmarks/results/gpu_compare_h100_2026-11-24.json). Here a step is:
    output rows split over programs.
 2. ``_lstm_kernel`` (layer 0): every program takes the argmaxes of its rows itself (reading the
    logits is cheaper than a launch), so it knows which rows emit and which label to embed; the
-   programs of the first hidden block also record (label, duration, emit) for step 4. The
+   programs of the first hidden block also record (label, duration, emit) for step 4 (with
+   many rows per program ``_select_kernel`` does this once per row block first). The
    programs then compute the 4 gate rows of their hidden units (so the cell update is local)
    into scratch h/c buffers, since other programs still read the old state.
 3. ``_lstm_kernel`` (layers 1..L-1): the same cell on the previous layer's new h.
@@ -57,6 +58,9 @@ class TritonConfig:
     block_j: int = 2
     tile: int = 4096
     num_warps: int = 4
+    # From this many rows per program on, one extra kernel takes the argmaxes once per row block
+    # (at batch 32, every LSTM program reading 8 rows of logits cost more than the launch).
+    select_rows: int = 8
 
     def rows(self, batch: int) -> int:
         return min(int(triton.next_power_of_2(batch)), self.block_b)
@@ -189,30 +193,60 @@ def _lstm_tile(
 
 
 @triton.jit
+def _select_rows(
+    logits_ptr, time_ptr, len_ptr, dur_ptr, sel_ptr, rows, row_ok, store, N, NL, ND, BLANK,
+    BB: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    """The step's choice for a block of rows: (label, emit); with ``store`` also records
+    (label, duration, emit) in sel for the later kernels."""
+    time = tl.load(time_ptr + rows, mask=row_ok, other=0)
+    frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    label = _argmax_rows(logits_ptr, rows, row_ok, N, NL, BB, BL)
+    emit = row_ok & (time < frames) & (label != BLANK)
+    if store:
+        index = _argmax_rows(logits_ptr + NL, rows, row_ok, N, ND, BB, BD)
+        dur = _duration(dur_ptr, index, label, row_ok, BLANK)
+        tl.store(sel_ptr + rows * 3, label.to(tl.int64), mask=row_ok)
+        tl.store(sel_ptr + rows * 3 + 1, dur, mask=row_ok)
+        tl.store(sel_ptr + rows * 3 + 2, emit.to(tl.int64), mask=row_ok)
+    return label, emit
+
+
+@triton.jit
+def _select_kernel(
+    logits_ptr, time_ptr, len_ptr, dur_ptr, sel_ptr, B, N, NL, ND, BLANK,
+    BB: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    """The step's choices once per block of rows (for many rows: see TritonConfig.select_rows)."""
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    _select_rows(
+        logits_ptr, time_ptr, len_ptr, dur_ptr, sel_ptr, rows, rows < B, True, N, NL, ND, BLANK,
+        BB, BL, BD,
+    )  # fmt: skip
+
+
+@triton.jit
 def _lstm_kernel(
     logits_ptr, time_ptr, len_ptr, dur_ptr, embed_ptr, x_ptr, h_ptr, c_ptr, w_ptr, b_ptr,
     h_out_ptr, c_out_ptr, sel_ptr,
     B, H, N, NL, ND, BLANK,
-    FIRST: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
-    BL: tl.constexpr, BD: tl.constexpr,
+    FIRST: tl.constexpr, SELECTED: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+    BK: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     row_ok = rows < B
+    if FIRST and not SELECTED:  # take the argmaxes here (program 0 records them)
+        label, emit = _select_rows(
+            logits_ptr, time_ptr, len_ptr, dur_ptr, sel_ptr, rows, row_ok,
+            tl.program_id(0) == 0, N, NL, ND, BLANK, BB, BL, BD,
+        )  # fmt: skip
+    else:  # _select_kernel (or layer 0) recorded them
+        emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
+        label = tl.load(sel_ptr + rows * 3, mask=row_ok, other=0).to(tl.int32)
     if FIRST:
-        time = tl.load(time_ptr + rows, mask=row_ok, other=0)
-        frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
-        label = _argmax_rows(logits_ptr, rows, row_ok, N, NL, BB, BL)
-        emit = row_ok & (time < frames) & (label != BLANK)
-        if tl.program_id(0) == 0:
-            index = _argmax_rows(logits_ptr + NL, rows, row_ok, N, ND, BB, BD)
-            dur = _duration(dur_ptr, index, label, row_ok, BLANK)
-            tl.store(sel_ptr + rows * 3, label.to(tl.int64), mask=row_ok)
-            tl.store(sel_ptr + rows * 3 + 1, dur, mask=row_ok)
-            tl.store(sel_ptr + rows * 3 + 2, emit.to(tl.int64), mask=row_ok)
         x_rows = label.to(tl.int64) * H  # layer 0 input: the label's embedding row
         x_base = embed_ptr
     else:
-        emit = tl.load(sel_ptr + rows * 3 + 2, mask=row_ok, other=0) != 0
         x_rows = rows.to(tl.int64) * H  # the previous layer's new h
         x_base = x_ptr
     if tl.max(emit.to(tl.int32), axis=0) == 0:
@@ -384,6 +418,8 @@ class TritonStepDecoder(StepDecoder):
         row_blocks = triton.cdiv(b, bb)
         hidden, layers, pred_hidden = self.enc_proj.shape[2], self.h.shape[0], self.h.shape[2]
         outputs, labels = self.num_outputs, self.num_labels
+        label_block = min(triton.next_power_of_2(labels), max(16, 2048 // bb))
+        selected = bb >= cfg.select_rows
         args: tuple[Any, ...] = (self.enc_proj, self.pred_proj, self.w_out, self.b_out)
         args += (self.time, self.lengths, self.logits, b, self.max_frames, hidden, outputs)
         consts: dict[str, Any] = dict(BB=bb, BN=cfg.block_n)
@@ -391,14 +427,19 @@ class TritonStepDecoder(StepDecoder):
         plan = [
             Launch(_joint_kernel, (triton.cdiv(outputs, cfg.block_n), row_blocks), args, consts)
         ]
+        if selected:
+            args = (self.logits, self.time, self.lengths, self.durations, self.sel, b, outputs)
+            args += (labels, outputs - labels, self.blank)
+            consts = dict(BB=bb, BL=label_block, BD=triton.next_power_of_2(outputs - labels))
+            plan.append(Launch(_select_kernel, (row_blocks, 1), args, consts))
         for layer in range(layers):
             args = (self.logits, self.time, self.lengths, self.durations, self.embed)
             args += (self.h_new[max(layer - 1, 0)], self.h[layer], self.c[layer])
             args += (self.w_lstm[layer], self.b_lstm[layer], self.h_new[layer], self.c_new[layer])
             args += (self.sel, b, pred_hidden, outputs, labels, outputs - labels, self.blank)
-            consts = dict(FIRST=layer == 0, BB=bb, BH=cfg.block_h)
+            consts = dict(FIRST=layer == 0, SELECTED=selected, BB=bb, BH=cfg.block_h)
             consts["BK"] = cfg.block_k(bb, cfg.block_h, 2 * pred_hidden)
-            consts["BL"] = min(triton.next_power_of_2(labels), max(16, 2048 // bb))
+            consts["BL"] = label_block
             consts["BD"] = triton.next_power_of_2(outputs - labels)
             grid = (triton.cdiv(pred_hidden, cfg.block_h), row_blocks)
             plan.append(Launch(_lstm_kernel, grid, args, consts))
