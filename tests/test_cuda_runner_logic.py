@@ -147,7 +147,7 @@ class _FakeTriton(StepDecoder):
 
 @pytest.mark.parametrize(
     ("compiled", "batch", "triton"),
-    [(False, 1, True), (False, 32, True), (False, 64, False), (True, 8, True), (True, 16, False)],
+    [(False, 1, True), (False, 64, True), (False, 128, False), (True, 8, True), (True, 16, False)],
 )
 def test_triton_decoder_batch_limit(
     synth_models: SynthModels,
@@ -156,7 +156,7 @@ def test_triton_decoder_batch_limit(
     batch: int,
     triton: bool,
 ) -> None:
-    """Triton up to batch 32 against the graphed torch step, up to 8 against the compiled one."""
+    """Triton up to batch 64 against the graphed torch step, up to 8 against the compiled one."""
     monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
     runner = cuda_runner.CudaRunner(synth_models.model("tiny").network, compile_decoder=compiled)
     runner.triton_decoder, runner.loop_decoder = _FakeTriton, None

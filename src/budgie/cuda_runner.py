@@ -49,11 +49,12 @@ FEATURE_BUCKET = 128
 # Decoder machines hold this many encoder frames at a time (40 s); longer inputs get a larger one.
 DECODER_FRAMES = 512
 # Up to this batch the decoder step runs as Triton kernels (triton_decoding.py). Speech-like
-# step times on an H100 (benchmarks/results/gpu_decoder_micro_h100_2026-11-24.json), Triton vs
-# the graphed torch step: 16 vs 120 us at batch 1, 60-95 vs 141 at 8, 85 vs 187 at 16, 172 vs
-# 197 at 32; the torch.compile'd step (BUDGIE_COMPILE=decoder) takes 49, 73, 109, 109, so with
-# it Triton stops at TRITON_MAX_BATCH_COMPILED.
-TRITON_MAX_BATCH = 32
+# step times on an H100 in bf16 (benchmarks/results/gpu_decoder_micro_h100_2026-11-24_select.json),
+# Triton vs the graphed torch step: 14 vs 117 us at batch 1, 61 vs 134 at 8, 54 vs 184 at 16,
+# 111 vs 186 at 32, 189 vs 223 at 64; the torch.compile'd step (BUDGIE_COMPILE=decoder) took
+# 49, 73, 109, 109 at 1, 8, 16, 32 (gpu_decoder_micro_h100_2026-11-24.json), so with it Triton
+# stops at TRITON_MAX_BATCH_COMPILED.
+TRITON_MAX_BATCH = 64
 TRITON_MAX_BATCH_COMPILED = 8
 # Batches of at least this many samples (~60 s of audio) are packed into pinned memory by
 # FILL_THREADS threads.
