@@ -215,6 +215,10 @@ def main() -> None:
         if not args.no_sweep:
             loops |= {
                 "loop_held": LoopConfig(hold_weights=True),
+                "loop_p80_bn16": LoopConfig(programs=80, block_n=16),
+                "loop_p80_bn16_bj8_tile8k": LoopConfig(programs=80, block_n=16, tile=8192),
+                "loop_tile8k": LoopConfig(tile=8192),
+                "loop_tile32k": LoopConfig(tile=32768),
                 "loop_flag": LoopConfig(barrier_groups=-1),
                 "loop_groups4": LoopConfig(barrier_groups=4),
                 "loop_groups8": LoopConfig(barrier_groups=8),
