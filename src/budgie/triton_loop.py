@@ -66,14 +66,15 @@ class LoopConfig(TritonConfig):
     # Barrier arrivals in this many groups (0: all at one counter; -1: one counter whose last
     # arrival raises a separate flag; see _grid_sync).
     barrier_groups: int = 0
-    # Defaults: the fastest at batch 1-2 on an H100 (one joint tile of 8 outputs and one
-    # projection tile per program, 8 hidden units per LSTM tile: speech-like 8.7 us per step
-    # at batch 1 in bf16 vs 14.8 for the graphed step kernels;
-    # benchmarks/results/gpu_decoder_micro_h100_2026-11-24_loop.json, "loop_bh8_tile16k").
+    # Defaults: the fastest on an H100 (one joint tile of 8 outputs and one projection tile per
+    # program, 8 hidden units per LSTM tile, a whole LSTM row per tile up to 2 rows: speech-like
+    # 8.5-9.1 us per step at batch 1 in bf16 vs 14.8 for the graphed step kernels, 11.1 at 2,
+    # 17.7 at 4; benchmarks/results/gpu_decoder_micro_h100_2026-11-24_loop.json and
+    # ..._loop_tiles.json, "loop_tile32k").
     block_n: int = 8
     block_j: int = 8
     block_h: int = 8
-    tile: int = 16384
+    tile: int = 32768
     num_warps: int = 8
 
 
