@@ -18,8 +18,10 @@ needs in order:
 4. the prediction projection of the emitting rows, split over programs.
 
 The programs loop until every row is past its last frame; the host does not check anything in
-between. The tiles are triton_decoding.py's, so the arithmetic, and with it every token, equals
-TritonStepDecoder's. The kernel needs all of its programs resident at once: the grid is at most
+between. The tiles are triton_decoding.py's: with the same tiling the arithmetic, and with it
+every token, equals TritonStepDecoder's (tested); LoopConfig's default tiles are larger, which
+sums in another order (a token can then differ only at an argmax near-tie, as between any two
+float32 decoders). The kernel needs all of its programs resident at once: the grid is at most
 the GPU's SM count, one program per SM. Triton's interpreter runs programs one after another, so
 there (tests on the CPU) the grid is a single program.
 """
@@ -59,9 +61,10 @@ class LoopConfig(TritonConfig):
 
     programs: int = 0
     block_b: int = LOOP_MAX_BATCH
-    # Keep the joint/projection weight rows in registers: no faster in the end (B=1 bf16 decode
-    # of a synthetic v2 clip 3.62 ms held vs 3.37 streamed on an H100,
-    # benchmarks/results/gpu_decode_context_h100_2026-11-24.json), so off by default.
+    # Keep the joint/projection weight rows in registers: no consistent gain (B=1 bf16 decode of
+    # a synthetic v2 clip on an H100: 3.62 ms held vs 3.37 streamed in one run, 3.26 vs 3.60 in
+    # another; benchmarks/results/gpu_decode_context_h100_2026-11-24_first.json and
+    # ..._2026-11-24.json), so off by default: fewer registers, one code path less in use.
     hold_weights: bool = False
     # Barrier arrivals in this many groups (0: all at one counter; -1: one counter whose last
     # arrival raises a separate flag; see _grid_sync).
