@@ -244,6 +244,24 @@ def main() -> None:
         for name, config in sweep.items():
             for b in (1, 8):
                 plan.append((f"triton_{name}", b, triton_machine(b, config), "graph"))
+        large = {  # wider tiles for many rows: fewer programs re-reading the same rows
+            "n16_h4_j8": TritonConfig(block_n=16, block_h=4, block_j=8),
+            "n32_h8_j16": TritonConfig(block_n=32, block_h=8, block_j=16),
+            "n32_h8_j16_t8k": TritonConfig(block_n=32, block_h=8, block_j=16, tile=8192),
+            "n32_h8_j16_t16k_w8": TritonConfig(
+                block_n=32, block_h=8, block_j=16, tile=16384, num_warps=8
+            ),
+            "b16_n16_h4_j8_t8k_w8": TritonConfig(
+                block_b=16, block_n=16, block_h=4, block_j=8, tile=8192, num_warps=8
+            ),
+            "n64_h16_j32_t16k_w8": TritonConfig(
+                block_n=64, block_h=16, block_j=32, tile=16384, num_warps=8
+            ),
+        }
+        for name, config in large.items():
+            for b in (16, 32, 64):
+                make = triton_machine(b, config, bf16)
+                plan.append((f"triton_large_{name}_bf16", b, make, "graph"))
     if args.only:
         plan = [p for p in plan if any(p[0].startswith(o) for o in args.only)]
 
