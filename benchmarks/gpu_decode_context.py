@@ -124,9 +124,9 @@ def main() -> None:
     variants: dict[str, Any] = {
         "steps": None,
         "loop": LoopDecoder,
-        "loop_p64": loop_with(LoopConfig(programs=64)),
         "loop_held": loop_with(LoopConfig(hold_weights=True)),
-        "loop_bh4": loop_with(LoopConfig(block_h=4)),
+        "loop_ahead2": loop_with(LoopConfig(window=2)),
+        "loop_ahead4": loop_with(LoopConfig(window=4)),
     }
     for name, loop in variants.items():
         runner = CudaRunner(model.network, True, False, False)

@@ -215,6 +215,9 @@ def main() -> None:
         if not args.no_sweep:
             loops |= {
                 "loop_held": LoopConfig(hold_weights=True),
+                "loop_ahead2": LoopConfig(window=2),
+                "loop_ahead4": LoopConfig(window=4),
+                "loop_ahead8": LoopConfig(window=8),
                 "loop_p80_bn16": LoopConfig(programs=80, block_n=16),
                 "loop_p80_bn16_bj8_tile8k": LoopConfig(programs=80, block_n=16, tile=8192),
                 "loop_tile8k": LoopConfig(tile=8192),

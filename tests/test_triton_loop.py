@@ -36,13 +36,15 @@ def loop_config(net: ParakeetTDT, device: str, tiling: str) -> LoopConfig:
     """ "held": each program keeps one joint and one projection tile's weights in registers
     (on the CPU's single program that takes tiles covering every output); "streamed": the
     tiles are read from memory at every step; "grouped" / "flagged": streamed, with the
-    other barriers (see _grid_sync)."""
+    other barriers (see _grid_sync); "windowW": a look-ahead of W frames per joint phase."""
     if tiling == "streamed":
         return LoopConfig()
     if tiling == "grouped":  # the barrier's arrivals in groups (one group of one on the CPU)
         return LoopConfig(barrier_groups=8)
     if tiling == "flagged":  # the barrier's last arrival raises a flag
         return LoopConfig(barrier_groups=-1)
+    if tiling.startswith("window"):  # the joint at the next W frames, blanks walked through
+        return LoopConfig(window=int(tiling[len("window") :]))
     if device == "cuda":
         return LoopConfig(hold_weights=True)
     outputs = net.joint.joint_net[2].out_features
@@ -76,7 +78,7 @@ def step_machines(
     return ref, tri, loop
 
 
-@pytest.mark.parametrize("tiling", ["held", "streamed", "grouped", "flagged"])
+@pytest.mark.parametrize("tiling", ["held", "streamed", "grouped", "flagged", "window2", "window4"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_loop_decodes_as_the_step_machines(
@@ -125,3 +127,5 @@ def test_batch_limit(synth_models: SynthModels) -> None:
     enc, lens = random_enc_proj(net, [9, 3, 1], 9, 1.5, 0, "cpu")
     with pytest.raises(ValueError, match="exceeds"):
         machine.reset(enc, lens)
+    with pytest.raises(ValueError, match="power of two, not 3"):
+        LoopDecoder(*args[:2], 2, 8, *args[4:], LoopConfig(window=3))

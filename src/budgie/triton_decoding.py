@@ -76,10 +76,11 @@ def _tanh(x):
 
 @triton.jit
 def _joint_tile(
-    enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_ptr, bias_ptr, logits_ptr, cols, J, N,
+    enc_ptr, enc_rows, pred_ptr, pred_rows, rows, row_ok, w_ptr, bias_ptr, logits_ptr, cols, J, N,
     BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
-    """logits[rows, cols] = relu(enc_proj row + pred_proj row) @ W_out[cols]^T + bias[cols].
+    """logits[rows, cols] = relu(enc_proj row + pred_proj[pred_rows]) @ W_out[cols]^T +
+    bias[cols] (the loop kernel's look-ahead puts several frames of one row in a tile).
     pred_proj is read past L1 (``.cg``): the decode loop kernel rewrites it between uses."""
     col_ok = cols < N
     acc = tl.zeros([BB, BN], dtype=tl.float32)
@@ -88,7 +89,7 @@ def _joint_tile(
         k_ok = ks < J
         m = row_ok[:, None] & k_ok[None, :]
         enc = tl.load(enc_ptr + enc_rows[:, None] + ks[None, :], mask=m, other=0.0)
-        pred_at = pred_ptr + rows[:, None] * J + ks[None, :]
+        pred_at = pred_ptr + pred_rows[:, None] * J + ks[None, :]
         pred = tl.load(pred_at, mask=m, other=0.0, cache_modifier=".cg")
         hidden = tl.maximum(enc + pred, 0.0)
         w_mask = col_ok[:, None] & k_ok[None, :]
@@ -113,7 +114,7 @@ def _joint_kernel(
     enc_rows = (rows.to(tl.int64) * T + frame) * J
     cols = tl.program_id(0) * BN + tl.arange(0, BN)
     _joint_tile(
-        enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_ptr, bias_ptr, logits_ptr, cols, J, N,
+        enc_ptr, enc_rows, pred_ptr, rows, rows, row_ok, w_ptr, bias_ptr, logits_ptr, cols, J, N,
         BB, BN, BK,
     )  # fmt: skip
 

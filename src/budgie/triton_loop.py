@@ -12,7 +12,10 @@ needs in order:
 2. every program takes the argmaxes itself and keeps the rows' integer state (time, count,
    on_frame, last_frame, steps) in registers, identical in all programs, so the step's
    bookkeeping needs no barrier; program 0 records the emitted labels. A step where no row
-   emits ends here: one barrier per blank step;
+   emits ends here: one barrier per blank step. With ``LoopConfig.window`` = W > 1 the joint
+   phase evaluates each row's next W frames, and a row keeps taking steps from those logits
+   while it gets blanks (a blank leaves the prediction as it is) until it emits or leaves the
+   window: a run of blanks then costs one phase;
 3. one phase per LSTM layer, hidden units split over programs; h and c alternate between two
    buffers (a non-emitting row's old state is copied across), so no commit phase is needed;
 4. the prediction projection of the emitting rows, split over programs.
@@ -66,6 +69,9 @@ class LoopConfig(TritonConfig):
     # another; benchmarks/results/gpu_decode_context_h100_2026-11-24_first.json and
     # ..._2026-11-24.json), so off by default: fewer registers, one code path less in use.
     hold_weights: bool = False
+    # Frames ahead whose joint a phase evaluates (a power of two): a row then takes its blank
+    # steps inside that window without another phase. 1: one frame per phase.
+    window: int = 1
     # Barrier arrivals in this many groups (0: all at one counter; -1: one counter whose last
     # arrival raises a separate flag; see _grid_sync).
     barrier_groups: int = 0
@@ -164,6 +170,7 @@ def _decode_loop_kernel(
     BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
     HOLD: tl.constexpr, JP: tl.constexpr, HP: tl.constexpr, GROUPS: tl.constexpr,
+    W: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     P = tl.num_programs(0)
@@ -199,36 +206,56 @@ def _decode_loop_kernel(
     old = 0  # which state buffer holds the current h, c
     active = row_ok & (time < frames)
     while tl.max(active.to(tl.int32), axis=0) > 0:
-        frame = tl.minimum(time, tl.maximum(frames - 1, 0))
-        enc_rows = (rows.to(tl.int64) * T + frame) * J
-        if HOLD:
+        if HOLD:  # (only with W = 1)
+            frame = tl.minimum(time, tl.maximum(frames - 1, 0))
+            enc_rows = (rows.to(tl.int64) * T + frame) * J
             _held_joint_tile(
                 enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_joint, b_joint, logits_ptr,
                 held_cols, J, N, JP,
             )  # fmt: skip
-        else:
+        else:  # the joint at each row's next W frames: logits row = row * W + frames ahead
+            ahead = tl.arange(0, W)
+            near = tl.reshape(rows[:, None] + ahead[None, :] * 0, [BB * W])
+            near_ok = tl.reshape(row_ok[:, None] & (ahead >= 0)[None, :], [BB * W])
+            near_time = tl.reshape(time[:, None] + ahead[None, :], [BB * W])
+            near_frames = tl.reshape(frames[:, None] + ahead[None, :] * 0, [BB * W])
+            frame = tl.minimum(near_time, tl.maximum(near_frames - 1, 0))
+            enc_rows = (near.to(tl.int64) * T + frame) * J
+            out_rows = tl.reshape(rows[:, None] * W + ahead[None, :], [BB * W])
             for tile in range(pid, tl.cdiv(N, BN), P):
                 cols = tile * BN + tl.arange(0, BN)
                 _joint_tile(
-                    enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_out_ptr, b_out_ptr,
-                    logits_ptr, cols, J, N, BB, BN, BK_JOINT,
+                    enc_ptr, enc_rows, pred_ptr, near, out_rows, near_ok, w_out_ptr, b_out_ptr,
+                    logits_ptr, cols, J, N, BB * W, BN, BK_JOINT,
                 )  # fmt: skip
         passed += 1
         _grid_sync(counter_ptr, passed, pid, P, GROUPS)
 
-        label = _argmax_rows(logits_ptr, rows, row_ok, N, NL, BB, BL)
-        index = _argmax_rows(logits_ptr + NL, rows, row_ok, N, ND, BB, BD)
-        dur = _duration(dur_ptr, index, label, row_ok, BLANK)
-        emit = active & (label != BLANK)
-        if pid == 0:
-            slot = out_ptr + (rows.to(tl.int64) * CAP + tl.minimum(count, CAP - 1)) * 3
-            tl.store(slot, label.to(tl.int64), mask=active)
-            tl.store(slot + 1, time, mask=active)
-            tl.store(slot + 2, dur, mask=active)
-        steps += active.to(tl.int64)
-        time, count, on_frame, last_frame = _advance(
-            label, dur, emit, active, time, frames, count, on_frame, last_frame, MAX_SYMBOLS
-        )
+        # Every row takes steps from these logits until it emits or leaves its window (blanks
+        # do not change the prediction, so the joint at the frames ahead is already right).
+        start = time
+        walking = active
+        emit = row_ok & (rows < 0)  # no row yet
+        label = tl.zeros([BB], dtype=tl.int32)  # the label a row emitted
+        while tl.max(walking.to(tl.int32), axis=0) > 0:
+            at = rows.to(tl.int64) * W + (time - start)
+            chosen = _argmax_rows(logits_ptr, at, walking, N, NL, BB, BL)
+            index = _argmax_rows(logits_ptr + NL, at, walking, N, ND, BB, BD)
+            dur = _duration(dur_ptr, index, chosen, walking, BLANK)
+            emits = walking & (chosen != BLANK)
+            if pid == 0:
+                slot = out_ptr + (rows.to(tl.int64) * CAP + tl.minimum(count, CAP - 1)) * 3
+                tl.store(slot, chosen.to(tl.int64), mask=walking)
+                tl.store(slot + 1, time, mask=walking)
+                tl.store(slot + 2, dur, mask=walking)
+            steps += walking.to(tl.int64)
+            time, count, on_frame, last_frame = _advance(
+                chosen, dur, emits, walking, time, frames, count, on_frame, last_frame,
+                MAX_SYMBOLS,
+            )  # fmt: skip
+            emit = emit | emits
+            label = tl.where(emits, chosen, label)
+            walking = walking & (chosen == BLANK) & (time < frames) & (time - start < W)
 
         if tl.max(emit.to(tl.int32), axis=0) > 0:
             new = 1 - old
@@ -305,6 +332,8 @@ class LoopDecoder(TritonStepDecoder):
         if batch > self.max_batch:
             raise ValueError(f"the loop decoder takes at most {LOOP_MAX_BATCH} rows, not {batch}")
         config = config if isinstance(config, LoopConfig) else LoopConfig()
+        if config.window < 1 or config.window & (config.window - 1):
+            raise ValueError(f"the look-ahead window must be a power of two, not {config.window}")
         super().__init__(
             decoder, joint, batch, max_frames, durations, max_symbols, device, config, weight_dtype
         )
@@ -314,6 +343,8 @@ class LoopDecoder(TritonStepDecoder):
         self.start_h = start_h[:, 0].contiguous()
         self.start_c = start_c[:, 0].contiguous()
         layers, _, hidden = self.h.shape
+        # Logits of each row's next ``window`` frames.
+        self.window_logits = torch.zeros(batch * config.window, self.num_outputs, device=device)
         self.h_pair = torch.zeros(2, layers, batch, hidden, device=device)
         self.c_pair = torch.zeros_like(self.h_pair)
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -341,7 +372,8 @@ class LoopDecoder(TritonStepDecoder):
         one tile of each per program, and few rows (the product tile grows with them)."""
         cfg = self.config
         tiles = max(triton.cdiv(self.num_outputs, cfg.block_n), triton.cdiv(hidden, cfg.block_j))
-        return cfg.hold_weights and rows <= HOLD_MAX_ROWS and tiles <= self.programs
+        held = cfg.hold_weights and cfg.window == 1
+        return held and rows <= HOLD_MAX_ROWS and tiles <= self.programs
 
     def warm_up(self) -> None:
         """Compile and run the kernel once (one frame of zeros), so that a GPU it cannot run on
@@ -373,12 +405,12 @@ class LoopDecoder(TritonStepDecoder):
             enc_proj, lengths, self.start_pred, self.start_h, self.start_c,
             self.w_out, self.b_out, self.w_pred, self.b_pred, self.embed,
             self.w_lstm_all, self.b_lstm_all, self.durations,
-            self.logits, self.pred_proj, self.h_pair, self.c_pair,
+            self.window_logits, self.pred_proj, self.h_pair, self.c_pair,
             self.out, self.count, self.steps, self.time, self.counter,
             b, t, hidden, pred_hidden, outputs, labels, outputs - labels, layers,
             self.blank, self.capacity, self.max_symbols,
             BB=bb, BN=cfg.block_n, BH=cfg.block_h, BJ=cfg.block_j,
-            BK_JOINT=cfg.block_k(bb, cfg.block_n, hidden),
+            BK_JOINT=cfg.block_k(bb * cfg.window, cfg.block_n, hidden),
             BK_LSTM=cfg.block_k(bb, cfg.block_h, 2 * pred_hidden),
             BK_PROJ=cfg.block_k(bb, cfg.block_j, pred_hidden),
             BL=min(triton.next_power_of_2(labels), max(16, 8192 // bb)),
@@ -388,5 +420,6 @@ class LoopDecoder(TritonStepDecoder):
             JP=triton.next_power_of_2(hidden),
             HP=triton.next_power_of_2(pred_hidden),
             GROUPS=self.groups,
+            W=cfg.window,
             num_warps=cfg.num_warps,
         )  # fmt: skip
