@@ -70,7 +70,11 @@ class LoopConfig(TritonConfig):
     # ..._2026-11-24.json), so off by default: fewer registers, one code path less in use.
     hold_weights: bool = False
     # Frames ahead whose joint a phase evaluates (a power of two): a row then takes its blank
-    # steps inside that window without another phase. 1: one frame per phase.
+    # steps inside that window without another phase. 1: one frame per phase. On the synthetic
+    # models W = 4 made blank steps ~20 % cheaper and emitting ones ~10 % dearer, no net gain
+    # (B=1 bf16 speech-like 8.8 vs 8.5-9.7 us; emission-heavy context 3.6 vs 3.2-3.6 ms;
+    # benchmarks/results/gpu_decoder_micro_h100_2026-11-24_lookahead.json,
+    # gpu_decode_context_h100_2026-11-24_lookahead.json), so off by default.
     window: int = 1
     # Barrier arrivals in this many groups (0: all at one counter; -1: one counter whose last
     # arrival raises a separate flag; see _grid_sync).
