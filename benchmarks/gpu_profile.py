@@ -35,6 +35,12 @@ from budgie.synth import synth_nemo  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "graphs": {"compile_decoder": False, "compile_encoder": False, "triton": False},
     "graphs_triton": {"compile_decoder": False, "compile_encoder": False, "triton": True},
+    "graphs_triton_separate_qkv": {  # q, k, v as three GEMMs in the fused layers
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "fused_qkv": False,
+    },
     "graphs_triton_steps": {  # the Triton step kernels in graphs instead of the loop kernel
         "compile_decoder": False,
         "compile_encoder": False,
@@ -67,7 +73,12 @@ def runner(
     fused: bool = True,
     fp32_decoder: bool = False,
     loop: bool = True,
+    fused_qkv: bool = True,
 ) -> CudaRunner:
+    if triton:
+        import budgie.triton_encoder
+
+        budgie.triton_encoder.FUSED_QKV = fused_qkv
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton or not loop or fp32_decoder:
         made.loop_decoder = None

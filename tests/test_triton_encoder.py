@@ -34,6 +34,7 @@ from budgie.triton_encoder import (  # noqa: E402
     glu_depthwise_silu,
     merge_heads,
     position_bias_fused,
+    qkv_weights,
     query_terms,
 )
 from conftest import SynthModels  # noqa: E402
@@ -170,11 +171,14 @@ def attention(
     return encoder, attn
 
 
-def test_query_terms(synth_models: SynthModels, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("inside_qkv", [False, True], ids=["contiguous", "qkv-slice"])
+def test_query_terms(synth_models: SynthModels, dtype: torch.dtype, inside_qkv: bool) -> None:
+    """Also for q as the first third of each row of a fused QKV output (rows 3 D apart)."""
     _, attn = attention(synth_models, dtype)
-    b, t = 2, 5
+    b, t, d = 2, 5, attn.h * attn.d_k
     gen = torch.Generator().manual_seed(3)
-    q = torch.randn(b, t, attn.h * attn.d_k, generator=gen).to(DEVICE, dtype)
+    wide = torch.randn(b, t, 3 * d if inside_qkv else d, generator=gen).to(DEVICE, dtype)
+    q = wide[..., :d]
     q_u, by_head = query_terms(attn, q)
     heads = q.view(b, t, attn.h, attn.d_k)
     want_u = (heads.float() + attn.pos_bias_u).to(dtype).transpose(1, 2)
@@ -223,4 +227,23 @@ def test_fused_attention_equals_the_module(
     with torch.inference_mode():
         want = attn(y, positions, valid)
         got = fused_attention(attn, y, positions, valid)
-    assert torch.equal(got, want)
+    # q, k, v come from one GEMM of the concatenated weights: its sums may round differently
+    # than three GEMMs'; the elementwise kernels after it are exact (tests above)
+    close_half(want, got)
+
+
+def test_qkv_weights_follow_the_modules(synth_models: SynthModels, dtype: torch.dtype) -> None:
+    """The concatenated QKV weight is made once and made again after a weight changes."""
+    _, attn = attention(synth_models, dtype)
+    weight, bias = qkv_weights(attn)
+    d = attn.h * attn.d_k
+    assert torch.equal(weight[d : 2 * d], attn.linear_k.weight)
+    if attn.linear_v.bias is None:
+        assert bias is None
+    else:
+        assert bias is not None and torch.equal(bias[2 * d :], attn.linear_v.bias)
+    assert qkv_weights(attn)[0] is weight
+    with torch.no_grad():
+        attn.linear_v.weight.mul_(2)
+    again, _ = qkv_weights(attn)
+    assert again is not weight and torch.equal(again[2 * d :], attn.linear_v.weight)

@@ -11,14 +11,16 @@ time at batch 1 (launches) and cost a large share at batch 64 (memory traffic). 
   next GEMM's dtype (5 per layer; the first without the add);
 - ``_glu_depthwise_kernel``: GLU, pad mask, depthwise convolution (BatchNorm folded), SiLU, in
   time-major layout (no transposes);
-- attention's elementwise steps: ``_query_kernel`` (both position biases added to the queries,
+- attention: q, k and v from one GEMM of the concatenated weights; its elementwise steps:
+  ``_query_kernel`` (both position biases added to the queries,
   one copy per head for the position GEMM), ``_position_bias_kernel`` (the rel-shifted, scaled,
   masked position scores) and ``_merge_heads_kernel`` (heads back together, padded rows zeroed).
 
 The GEMMs and SDPA stay torch's (cuBLAS, cuDNN). Numbers follow the eager layer's rounding
 points (bf16 where it rounds to bf16, float32 elsewhere): the attention kernels give the eager
-module's numbers exactly (tested on an H100); the LayerNorm and the 9-term convolution sum in
-another order, so a value can differ by a 16-bit step where the eager one sits on a rounding
+module's numbers exactly from the same q, k, v (tested on an H100); the one QKV GEMM may sum in
+another order than three (cuBLAS picks kernels by shape), as do the LayerNorm and the 9-term
+convolution, so a value can differ by a 16-bit step where the eager one sits on a rounding
 boundary.
 Used by cuda_runner for CUDA graphs in bf16/fp16 (``run_layer`` of ConformerEncoder.forward).
 """
@@ -47,6 +49,10 @@ CHANNEL_BLOCK = 128  # channels per program of the depthwise kernel
 QUERY_ROWS, QUERY_COLUMNS = 4, 256  # query-term kernel tile
 BIAS_COLUMNS = 256  # key positions per program of the position-bias kernel
 MERGE_COLUMNS = 256  # channels per program of the head-merging kernel
+
+
+# q, k and v from one GEMM of the concatenated weights (False: three GEMMs, for comparison).
+FUSED_QKV = True
 
 
 @triton.jit
@@ -105,15 +111,16 @@ def _glu_depthwise_kernel(
 @triton.jit
 def _query_kernel(
     q_ptr, u_ptr, v_ptr, q_u_ptr, by_head_ptr,
-    N, HD, ROWS,
+    N, HD, ROWS, Q_STRIDE,
     BR: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
-    # q [ROWS = B*T, H*dk] -> q_u (same layout) = q + u and by_head [H, ROWS, dk] = q + v,
-    # the additions in float32 like the eager (q.float() + bias).to(dtype).
+    # q [ROWS = B*T, H*dk] (rows Q_STRIDE apart) -> q_u [ROWS, H*dk] = q + u and by_head
+    # [H, ROWS, dk] = q + v, the additions in float32 like the eager (q.float() + bias).to(dtype).
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     m = (rows < ROWS)[:, None] & (cols < HD)[None, :]
-    q = tl.load(q_ptr + rows.to(tl.int64)[:, None] * HD + cols[None, :], mask=m, other=0.0)
+    q_at = q_ptr + rows.to(tl.int64)[:, None] * Q_STRIDE + cols[None, :]
+    q = tl.load(q_at, mask=m, other=0.0)
     q = q.to(tl.float32)
     u = tl.load(u_ptr + cols, mask=cols < HD, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + cols, mask=cols < HD, other=0.0).to(tl.float32)
@@ -204,14 +211,16 @@ def glu_depthwise_silu(conv: ConvolutionModule, g: Tensor, valid: Tensor | None)
 
 
 def query_terms(attn: RelPositionMultiHeadAttention, q: Tensor) -> tuple[Tensor, Tensor]:
-    """q [B, T, H*dk] -> (q + pos_bias_u as [B, H, T, dk] view, (q + pos_bias_v) as
-    [H, B*T, dk]), both in q's dtype."""
+    """q [B, T, H*dk] (rows may be a wider tensor's: the fused QKV output) -> (q + pos_bias_u
+    as [B, H, T, dk] view, (q + pos_bias_v) as [H, B*T, dk]), both in q's dtype."""
     b, t, hd = q.shape
-    q_u = torch.empty_like(q)
+    if q.stride(2) != 1 or q.stride(0) != t * q.stride(1):
+        q = q.contiguous()
+    q_u = torch.empty(b, t, hd, dtype=q.dtype, device=q.device)
     by_head = torch.empty(attn.h, b * t, attn.d_k, dtype=q.dtype, device=q.device)
     grid = (triton.cdiv(b * t, QUERY_ROWS), triton.cdiv(hd, QUERY_COLUMNS))
     _query_kernel[grid](
-        q, attn.pos_bias_u, attn.pos_bias_v, q_u, by_head, attn.d_k, hd, b * t,
+        q, attn.pos_bias_u, attn.pos_bias_v, q_u, by_head, attn.d_k, hd, b * t, q.stride(1),
         BR=QUERY_ROWS, BC=QUERY_COLUMNS,
     )  # fmt: skip
     return q_u.view(b, t, attn.h, attn.d_k).transpose(1, 2), by_head
@@ -245,15 +254,36 @@ def merge_heads(o: Tensor, valid: Tensor | None) -> Tensor:
     return out
 
 
+def qkv_weights(attn: RelPositionMultiHeadAttention) -> tuple[Tensor, Tensor | None]:
+    """linear_q, linear_k and linear_v as one [3D, D] weight (and bias), concatenated once per
+    module and kept while the three are unchanged (an extra copy of them)."""
+    parts = [attn.linear_q, attn.linear_k, attn.linear_v]
+    tensors = [p for m in parts for p in (m.weight, m.bias) if p is not None]
+    key = tuple((p.data_ptr(), p._version) for p in tensors)
+    cached = attn.__dict__.get("_budgie_qkv")
+    if cached is None or cached[0] != key:
+        weight = torch.cat([m.weight for m in parts]).detach()
+        biases: list[Tensor] = [m.bias for m in parts if m.bias is not None]
+        bias = torch.cat(biases).detach() if len(biases) == 3 else None
+        cached = attn.__dict__["_budgie_qkv"] = (key, weight, bias)
+    return cached[1], cached[2]
+
+
 def fused_attention(
     attn: RelPositionMultiHeadAttention, y: Tensor, positions: Tensor, valid: Tensor | None
 ) -> Tensor:
-    """RelPositionMultiHeadAttention.forward (CUDA path) on a 16-bit input, its elementwise
-    steps as 3 kernels: the same roundings, so the same numbers as the eager module."""
+    """RelPositionMultiHeadAttention.forward (CUDA path) on a 16-bit input: q, k, v from one
+    GEMM (3x the columns fill the GPU better at small T than three GEMMs), the elementwise
+    steps as 3 kernels with the module's roundings."""
     b, t, _ = y.shape
-    q = attn.linear_q(y)
-    k = attn.linear_k(y).view(b, t, attn.h, attn.d_k).transpose(1, 2)
-    v = attn.linear_v(y).view(b, t, attn.h, attn.d_k).transpose(1, 2)
+    d = attn.h * attn.d_k
+    if FUSED_QKV:
+        qkv = F.linear(y, *qkv_weights(attn))
+        q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
+    else:
+        q, k, v = attn.linear_q(y), attn.linear_k(y), attn.linear_v(y)
+    k = k.view(b, t, attn.h, attn.d_k).transpose(1, 2)
+    v = v.view(b, t, attn.h, attn.d_k).transpose(1, 2)
     q_u, by_head = query_terms(attn, q)
     bd = torch.matmul(by_head, positions[0].transpose(-2, -1))
     bias = position_bias_fused(bd, b, 1.0 / math.sqrt(attn.d_k), valid)
