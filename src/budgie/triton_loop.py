@@ -217,6 +217,15 @@ def _decode_loop_kernel(
                 enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_joint, b_joint, logits_ptr,
                 held_cols, J, N, JP,
             )  # fmt: skip
+        elif W == 1:  # the joint at each row's frame (the reshapes below measured slower)
+            frame = tl.minimum(time, tl.maximum(frames - 1, 0))
+            enc_rows = (rows.to(tl.int64) * T + frame) * J
+            for tile in range(pid, tl.cdiv(N, BN), P):
+                cols = tile * BN + tl.arange(0, BN)
+                _joint_tile(
+                    enc_ptr, enc_rows, pred_ptr, rows, rows, row_ok, w_out_ptr, b_out_ptr,
+                    logits_ptr, cols, J, N, BB, BN, BK_JOINT,
+                )  # fmt: skip
         else:  # the joint at each row's next W frames: logits row = row * W + frames ahead
             ahead = tl.arange(0, W)
             near = tl.reshape(rows[:, None] + ahead[None, :] * 0, [BB * W])
