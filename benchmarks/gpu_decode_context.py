@@ -124,7 +124,6 @@ def main() -> None:
     variants: dict[str, Any] = {
         "steps": None,
         "loop": LoopDecoder,
-        "loop_held": loop_with(LoopConfig(hold_weights=True)),
         "loop_ahead2": loop_with(LoopConfig(window=2)),
         "loop_ahead4": loop_with(LoopConfig(window=4)),
     }

@@ -214,7 +214,6 @@ def main() -> None:
         loops: dict[str, Any] = {"loop": LoopConfig()}
         if not args.no_sweep:
             loops |= {
-                "loop_held": LoopConfig(hold_weights=True),
                 "loop_ahead2": LoopConfig(window=2),
                 "loop_ahead4": LoopConfig(window=4),
                 "loop_ahead8": LoopConfig(window=8),
@@ -222,10 +221,6 @@ def main() -> None:
                 "loop_p80_bn16_bj8_tile8k": LoopConfig(programs=80, block_n=16, tile=8192),
                 "loop_tile8k": LoopConfig(tile=8192),
                 "loop_tile32k": LoopConfig(tile=32768),
-                "loop_flag": LoopConfig(barrier_groups=-1),
-                "loop_groups4": LoopConfig(barrier_groups=4),
-                "loop_groups8": LoopConfig(barrier_groups=8),
-                "loop_groups16": LoopConfig(barrier_groups=16),
                 "loop_bh4": LoopConfig(block_h=4),
                 "loop_bh4_tile8k": LoopConfig(block_h=4, tile=8192),
                 "loop_w4_tile4k": LoopConfig(num_warps=4, tile=4096),

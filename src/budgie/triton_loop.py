@@ -53,8 +53,6 @@ from budgie.triton_decoding import (
 # At 8 rows it was slower than the graphed step kernels (117 vs 66 us per speech-like step
 # in bf16), at 4 faster (21 vs 27): benchmarks/results/gpu_decoder_micro_h100_2026-11-24_loop.json.
 LOOP_MAX_BATCH = 4
-# Up to this many rows the programs keep their joint and projection weights in registers.
-HOLD_MAX_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -64,11 +62,6 @@ class LoopConfig(TritonConfig):
 
     programs: int = 0
     block_b: int = LOOP_MAX_BATCH
-    # Keep the joint/projection weight rows in registers: no consistent gain (B=1 bf16 decode of
-    # a synthetic v2 clip on an H100: 3.62 ms held vs 3.37 streamed in one run, 3.26 vs 3.60 in
-    # another; benchmarks/results/gpu_decode_context_h100_2026-11-24_first.json and
-    # ..._2026-11-24.json), so off by default: fewer registers, one code path less in use.
-    hold_weights: bool = False
     # Frames ahead whose joint a phase evaluates (a power of two): a row then takes its blank
     # steps inside that window without another phase. 1: one frame per phase. On the synthetic
     # models W = 4 made blank steps ~20 % cheaper and emitting ones ~10 % dearer, no net gain
@@ -76,9 +69,6 @@ class LoopConfig(TritonConfig):
     # benchmarks/results/gpu_decoder_micro_h100_2026-11-24_lookahead.json,
     # gpu_decode_context_h100_2026-11-24_lookahead.json), so off by default.
     window: int = 1
-    # Barrier arrivals in this many groups (0: all at one counter; -1: one counter whose last
-    # arrival raises a separate flag; see _grid_sync).
-    barrier_groups: int = 0
     # Defaults: the fastest on an H100 (one joint tile of 8 outputs and one projection tile per
     # program, 8 hidden units per LSTM tile, a whole LSTM row per tile up to 2 rows: speech-like
     # 8.5-9.1 us per step at batch 1 in bf16 vs 14.8 for the graphed step kernels, 11.1 at 2,
@@ -92,32 +82,14 @@ class LoopConfig(TritonConfig):
 
 
 @triton.jit
-def _grid_sync(counter_ptr, passed, pid, P, GROUPS: tl.constexpr):
-    """Grid-wide barrier number ``passed`` (1, 2, ...): arrive, then wait until every program
-    has. The release/acquire pairs make every program's earlier stores visible to the loads
-    after it (those loads bypass L1, see the tiles). GROUPS = 0: all programs arrive at one
-    counter (counter_ptr[0]); GROUPS < 0: all arrive at counter 1 and the last arrival sets
-    counter 0 to ``passed`` (the polled address sees no arrivals); else program p arrives at
-    group counter 1 + p % GROUPS and the last arrival of each group arrives at counter 0 for
-    it, so fewer atomics queue on one address."""
+def _grid_sync(counter_ptr, passed, P):
+    """Grid-wide barrier number ``passed`` (1, 2, ...): arrive at the counter, then wait until
+    every program has. The release/acquire pair makes every program's earlier stores visible to
+    the loads after it (those loads bypass L1, see the tiles)."""
     tl.debug_barrier()
-    if GROUPS == 0:
-        tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-        target = passed * P
-    elif GROUPS < 0:  # one counter; its last arrival raises a flag (counter 1) everyone polls
-        before = tl.atomic_add(counter_ptr + 1, 1, sem="acq_rel", scope="gpu")
-        if before == passed * P - 1:
-            tl.atomic_xchg(counter_ptr, passed, sem="release", scope="gpu")
-        target = passed
-    else:
-        group = pid % GROUPS
-        size = (P - group + GROUPS - 1) // GROUPS  # programs in this group
-        before = tl.atomic_add(counter_ptr + 1 + group, 1, sem="acq_rel", scope="gpu")
-        if before == passed * size - 1:  # the group's last arrival
-            tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-        target = passed * GROUPS
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
     arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    while arrived < target:
+    while arrived < passed * P:
         arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
 
@@ -136,34 +108,6 @@ def _start_rows(dst_ptr, src_ptr, n, rows, row_ok, pid, P, BB: tl.constexpr, BC:
         )
 
 
-@triton.jit
-def _held_joint_tile(
-    enc_ptr, enc_rows, pred_ptr, rows, row_ok, w, bias, logits_ptr, cols, J, N,
-    JP: tl.constexpr,
-):  # fmt: skip
-    """_joint_tile with the program's W_out rows and bias held in registers (w: [BN, JP])."""
-    ks = tl.arange(0, JP)
-    m = row_ok[:, None] & (ks < J)[None, :]
-    enc = tl.load(enc_ptr + enc_rows[:, None] + ks[None, :], mask=m, other=0.0)
-    pred_at = pred_ptr + rows[:, None] * J + ks[None, :]
-    hidden = tl.maximum(enc + tl.load(pred_at, mask=m, other=0.0, cache_modifier=".cg"), 0.0)
-    acc = tl.sum(hidden[:, None, :] * w.to(tl.float32)[None, :, :], axis=2) + bias[None, :]
-    out = logits_ptr + rows[:, None] * N + cols[None, :]
-    tl.store(out, acc, mask=row_ok[:, None] & (cols < N)[None, :])
-
-
-@triton.jit
-def _held_project_tile(top_ptr, rows, emit, w, bias, pred_ptr, js, H, J, HP: tl.constexpr):
-    """_project_tile with the program's W_pred rows and bias held in registers ([BJ, HP])."""
-    ks = tl.arange(0, HP)
-    top_at = top_ptr + rows[:, None] * H + ks[None, :]
-    v = tl.load(top_at, mask=emit[:, None] & (ks < H)[None, :], other=0.0, cache_modifier=".cg")
-    acc = tl.sum(v[:, None, :] * w.to(tl.float32)[None, :, :], axis=2) + bias[None, :]
-    tl.store(
-        pred_ptr + rows[:, None] * J + js[None, :], acc, mask=emit[:, None] & (js < J)[None, :]
-    )
-
-
 @triton.jit(do_not_specialize=["B", "T"])  # one compiled kernel for every batch and length
 def _decode_loop_kernel(
     enc_ptr, len_ptr, start_pred_ptr, start_h_ptr, start_c_ptr,
@@ -173,22 +117,10 @@ def _decode_loop_kernel(
     BB: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr,
     BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
-    HOLD: tl.constexpr, JP: tl.constexpr, HP: tl.constexpr, GROUPS: tl.constexpr,
     W: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     P = tl.num_programs(0)
-    if HOLD:  # one joint tile and one projection tile per program, weights kept in registers
-        held_cols = pid * BN + tl.arange(0, BN)
-        kj = tl.arange(0, JP)
-        m = (held_cols < N)[:, None] & (kj < J)[None, :]
-        w_joint = tl.load(w_out_ptr + held_cols[:, None] * J + kj[None, :], mask=m, other=0.0)
-        b_joint = tl.load(b_out_ptr + held_cols, mask=held_cols < N, other=0.0)
-        held_js = pid * BJ + tl.arange(0, BJ)
-        kh = tl.arange(0, HP)
-        m = (held_js < J)[:, None] & (kh < H)[None, :]
-        w_proj = tl.load(w_pred_ptr + held_js[:, None] * H + kh[None, :], mask=m, other=0.0)
-        b_proj = tl.load(b_pred_ptr + held_js, mask=held_js < J, other=0.0)
     rows = tl.arange(0, BB)
     row_ok = rows < B
     layer_size = B * H  # h, c: [2 (alternating), L, B, H]
@@ -199,7 +131,7 @@ def _decode_loop_kernel(
         _start_rows(h_ptr + at, start_h_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
         _start_rows(c_ptr + at, start_c_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
     passed = 1
-    _grid_sync(counter_ptr, passed, pid, P, GROUPS)
+    _grid_sync(counter_ptr, passed, P)
 
     frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
     time = tl.zeros([BB], dtype=tl.int64)
@@ -210,39 +142,26 @@ def _decode_loop_kernel(
     old = 0  # which state buffer holds the current h, c
     active = row_ok & (time < frames)
     while tl.max(active.to(tl.int32), axis=0) > 0:
-        if HOLD:  # (only with W = 1)
-            frame = tl.minimum(time, tl.maximum(frames - 1, 0))
-            enc_rows = (rows.to(tl.int64) * T + frame) * J
-            _held_joint_tile(
-                enc_ptr, enc_rows, pred_ptr, rows, row_ok, w_joint, b_joint, logits_ptr,
-                held_cols, J, N, JP,
-            )  # fmt: skip
-        elif W == 1:  # the joint at each row's frame (the reshapes below measured slower)
-            frame = tl.minimum(time, tl.maximum(frames - 1, 0))
-            enc_rows = (rows.to(tl.int64) * T + frame) * J
-            for tile in range(pid, tl.cdiv(N, BN), P):
-                cols = tile * BN + tl.arange(0, BN)
-                _joint_tile(
-                    enc_ptr, enc_rows, pred_ptr, rows, rows, row_ok, w_out_ptr, b_out_ptr,
-                    logits_ptr, cols, J, N, BB, BN, BK_JOINT,
-                )  # fmt: skip
-        else:  # the joint at each row's next W frames: logits row = row * W + frames ahead
+        # The joint at each row's next W frames (logits row = row * W + frames ahead).
+        if W == 1:  # (the reshapes below measured slower at W = 1)
+            near, near_ok, near_time, near_frames, out_rows = rows, row_ok, time, frames, rows
+        else:
             ahead = tl.arange(0, W)
             near = tl.reshape(rows[:, None] + ahead[None, :] * 0, [BB * W])
             near_ok = tl.reshape(row_ok[:, None] & (ahead >= 0)[None, :], [BB * W])
             near_time = tl.reshape(time[:, None] + ahead[None, :], [BB * W])
             near_frames = tl.reshape(frames[:, None] + ahead[None, :] * 0, [BB * W])
-            frame = tl.minimum(near_time, tl.maximum(near_frames - 1, 0))
-            enc_rows = (near.to(tl.int64) * T + frame) * J
             out_rows = tl.reshape(rows[:, None] * W + ahead[None, :], [BB * W])
-            for tile in range(pid, tl.cdiv(N, BN), P):
-                cols = tile * BN + tl.arange(0, BN)
-                _joint_tile(
-                    enc_ptr, enc_rows, pred_ptr, near, out_rows, near_ok, w_out_ptr, b_out_ptr,
-                    logits_ptr, cols, J, N, BB * W, BN, BK_JOINT,
-                )  # fmt: skip
+        frame = tl.minimum(near_time, tl.maximum(near_frames - 1, 0))
+        enc_rows = (near.to(tl.int64) * T + frame) * J
+        for tile in range(pid, tl.cdiv(N, BN), P):
+            cols = tile * BN + tl.arange(0, BN)
+            _joint_tile(
+                enc_ptr, enc_rows, pred_ptr, near, out_rows, near_ok, w_out_ptr, b_out_ptr,
+                logits_ptr, cols, J, N, BB * W, BN, BK_JOINT,
+            )  # fmt: skip
         passed += 1
-        _grid_sync(counter_ptr, passed, pid, P, GROUPS)
+        _grid_sync(counter_ptr, passed, P)
 
         # Every row takes steps from these logits until it emits or leaves its window (blanks
         # do not change the prediction, so the joint at the frames ahead is already right).
@@ -291,19 +210,15 @@ def _decode_loop_kernel(
                         rows, row_ok, emit, hs, H, True, BB, BH, BK_LSTM,
                     )  # fmt: skip
                 passed += 1
-                _grid_sync(counter_ptr, passed, pid, P, GROUPS)
+                _grid_sync(counter_ptr, passed, P)
             top = h_ptr + (new * L + L - 1) * layer_size
-            if HOLD:
-                _held_project_tile(top, rows, emit, w_proj, b_proj, pred_ptr, held_js, H, J, HP)
-            else:
-                for tile in range(pid, tl.cdiv(J, BJ), P):
-                    js = tile * BJ + tl.arange(0, BJ)
-                    _project_tile(
-                        w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ,
-                        BK_PROJ,
-                    )  # fmt: skip
+            for tile in range(pid, tl.cdiv(J, BJ), P):
+                js = tile * BJ + tl.arange(0, BJ)
+                _project_tile(
+                    w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK_PROJ
+                )
             passed += 1
-            _grid_sync(counter_ptr, passed, pid, P, GROUPS)
+            _grid_sync(counter_ptr, passed, P)
             old = new
         active = row_ok & (time < frames)
 
@@ -369,9 +284,7 @@ class LoopDecoder(TritonStepDecoder):
         self.programs = min(tiles, config.programs or resident_programs(device))
         if device.type != "cuda":
             self.programs = 1  # the interpreter runs programs one by one
-        # Arrival counters of the grid barrier: the top one, then one per group.
-        self.groups = min(config.barrier_groups, self.programs)
-        self.counter = torch.zeros(1 + max(self.groups, 1), dtype=torch.int32, device=device)
+        self.counter = torch.zeros(1, dtype=torch.int32, device=device)  # barrier arrivals
 
     @torch.inference_mode()
     def reset(self, enc_proj: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -379,14 +292,6 @@ class LoopDecoder(TritonStepDecoder):
         if b > self.batch or t > self.max_frames:
             raise ValueError(f"batch {b}x{t} exceeds the machine's {self.batch}x{self.max_frames}")
         self._inputs = (enc_proj.float().contiguous(), lengths.to(torch.long).contiguous())
-
-    def _holds(self, rows: int, hidden: int) -> bool:
-        """Whether each program can keep its joint and projection weight rows in registers:
-        one tile of each per program, and few rows (the product tile grows with them)."""
-        cfg = self.config
-        tiles = max(triton.cdiv(self.num_outputs, cfg.block_n), triton.cdiv(hidden, cfg.block_j))
-        held = cfg.hold_weights and cfg.window == 1
-        return held and rows <= HOLD_MAX_ROWS and tiles <= self.programs
 
     def warm_up(self) -> None:
         """Compile and run the kernel once (one frame of zeros), so that a GPU it cannot run on
@@ -429,10 +334,6 @@ class LoopDecoder(TritonStepDecoder):
             BL=min(triton.next_power_of_2(labels), max(16, 8192 // bb)),
             BD=triton.next_power_of_2(outputs - labels),
             BC=max(16, 1024 // bb),
-            HOLD=self._holds(bb, hidden),
-            JP=triton.next_power_of_2(hidden),
-            HP=triton.next_power_of_2(pred_hidden),
-            GROUPS=self.groups,
             W=cfg.window,
             num_warps=cfg.num_warps,
         )  # fmt: skip
