@@ -342,9 +342,10 @@ class CudaRunner:
     def _decoder_machine(
         self, batch: int, frames: int, device: torch.device, graphed: bool
     ) -> tuple[StepDecoder, GraphedStepDecoder | None]:
-        """A step machine for (batch, frames): the Triton one in a graph up to
-        TRITON_MAX_BATCH (TRITON_MAX_BATCH_COMPILED when the torch step is compiled), else the
-        torch one (graphed; compiled when asked)."""
+        """A step machine for (batch, frames): when graphs are due, the one-launch loop machine
+        (no graph) up to its max_batch, then the Triton one in a graph up to TRITON_MAX_BATCH
+        (TRITON_MAX_BATCH_COMPILED when the torch step is compiled), else the torch one
+        (graphed; compiled when asked)."""
         net = self.network
         loop = self.loop_decoder
         if graphed and loop is not None and batch <= getattr(loop, "max_batch", 0):
