@@ -349,31 +349,45 @@ class CudaRunner:
         net = self.network
         loop = self.loop_decoder
         if graphed and loop is not None and batch <= getattr(loop, "max_batch", 0):
-            try:
-                loop_machine = loop.for_network(net, batch, frames, device)
-                loop_machine.warm_up()
-                return loop_machine, None
-            except Exception as exc:  # e.g. Triton cannot compile for this GPU: fall back
-                warnings.warn(
-                    f"one-launch Triton decoder unavailable here, using steps: {exc}",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                self.loop_decoder = None
+
+            def one_launch() -> tuple[StepDecoder, None]:
+                machine = loop.for_network(net, batch, frames, device)
+                machine.warm_up()
+                return machine, None
+
+            built = self._try_triton("loop_decoder", "one-launch Triton decoder", one_launch)
+            if built is not None:
+                return built
         limit = TRITON_MAX_BATCH_COMPILED if self.compile_decoder else TRITON_MAX_BATCH
-        if graphed and self.triton_decoder is not None and batch <= limit:
-            try:
-                triton_machine = self.triton_decoder.for_network(net, batch, frames, device)
-                return triton_machine, GraphedStepDecoder(triton_machine, False)
-            except Exception as exc:  # e.g. Triton cannot compile for this GPU: fall back
-                warnings.warn(
-                    f"Triton decoder step unavailable here, using the torch step: {exc}",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                self.triton_decoder = None
+        step = self.triton_decoder
+        if graphed and step is not None and batch <= limit:
+
+            def graphed_steps() -> tuple[StepDecoder, GraphedStepDecoder]:
+                machine = step.for_network(net, batch, frames, device)
+                return machine, GraphedStepDecoder(machine, False)
+
+            built = self._try_triton("triton_decoder", "Triton decoder step", graphed_steps)
+            if built is not None:
+                return built
         machine = StepDecoder.for_network(net, batch, frames, device)
         return machine, GraphedStepDecoder(machine, self.compile_decoder) if graphed else None
+
+    def _try_triton(
+        self,
+        attribute: str,
+        what: str,
+        build: Callable[[], tuple[StepDecoder, GraphedStepDecoder | None]],
+    ) -> tuple[StepDecoder, GraphedStepDecoder | None] | None:
+        """``build()``, or None with one warning when it fails (e.g. Triton cannot compile for
+        this GPU); the machine kind in ``attribute`` is then not tried again."""
+        try:
+            return build()
+        except Exception as exc:
+            warnings.warn(
+                f"{what} unavailable here, falling back: {exc}", RuntimeWarning, stacklevel=4
+            )
+            setattr(self, attribute, None)
+            return None
 
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
         net = self.network
