@@ -30,6 +30,7 @@ goes on; variants left when --budget-s is spent are listed as skipped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import statistics
@@ -210,6 +211,31 @@ def main() -> None:
                 unselected = TritonConfig(select_rows=1 << 20)
                 make = triton_machine(b, unselected, bf16)
                 plan.append(("triton_unselected_bf16", b, make, "graph"))
+                # CUDA-core products where the default from 16 rows on is tensor cores
+                make = triton_machine(b, TritonConfig(), bf16)
+                plan.append(("triton_cuda_cores_bf16", b, make, "graph"))
+    if TritonStepDecoder is not None:  # tensor-core tilings (for_batch's LARGE_BATCH first)
+        from budgie.triton_decoding import LARGE_BATCH
+
+        def tensor_cores(**changes: int) -> Any:
+            return dataclasses.replace(LARGE_BATCH, **changes)
+
+        tc = {"tc_default": LARGE_BATCH}
+        if not args.no_sweep:
+            tc |= {
+                "tc_b32_k64": tensor_cores(block_b=32, dot_k=64),  # first measured tiling
+                "tc_b16_k64": tensor_cores(dot_k=64),
+                "tc_h32": tensor_cores(block_h=32),
+                "tc_b32_h32": tensor_cores(block_b=32, block_h=32),
+                "tc_b64": tensor_cores(block_b=64),
+                "tc_n64_j64": tensor_cores(block_n=64, block_j=64),
+                "tc_n16_j16": tensor_cores(block_n=16, block_j=16),
+                "tc_k32": tensor_cores(dot_k=32),
+                "tc_w8": tensor_cores(num_warps=8),
+            }
+        for name, config in tc.items():
+            for b in (8, 16, 32, 64):
+                plan.append((f"{name}_bf16", b, triton_machine(b, config, bf16), "graph"))
     if LoopDecoder is not None:  # the one-launch decoder, its default and a sweep
         loops: dict[str, Any] = {"loop": LoopConfig()}
         if not args.no_sweep:

@@ -22,7 +22,10 @@ from budgie.audio import (
     audio_duration_s,
     describe_source,
     load_audio,
+    load_samples,
     resample,
+    stack_padded,
+    to_float32,
 )
 from budgie.errors import AudioError, BudgieError
 
@@ -371,6 +374,42 @@ def test_mono_wav_samples_equal_libsndfile_float_conversion(subtype: str, tmp_pa
     got = load_audio(path)
     assert got.dtype == np.float32
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("subtype", "rate", "channels", "kept_as"),
+    [
+        ("PCM_16", SAMPLE_RATE, 1, np.int16),  # the one case kept as integers
+        ("PCM_16", 44100, 1, np.float32),  # resampled
+        ("PCM_16", SAMPLE_RATE, 2, np.float32),  # downmixed
+        ("PCM_24", SAMPLE_RATE, 1, np.float32),
+        ("FLOAT", SAMPLE_RATE, 1, np.float32),
+    ],
+)
+def test_load_samples_keeps_16_bit_pcm_and_gives_load_audio_floats(
+    subtype: str, rate: int, channels: int, kept_as: type, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    pcm = rng.integers(-32768, 32768, (4000, channels), dtype=np.int64).astype(np.int16)
+    pcm[:2, 0] = (-32768, 32767)
+    path = tmp_path / f"x_{subtype}_{rate}_{channels}.wav"
+    sf.write(path, pcm, rate, subtype=subtype)
+    kept = load_samples(path)
+    assert kept.dtype == kept_as
+    assert np.array_equal(to_float32(kept), load_audio(path))
+    assert np.array_equal(load_samples(path.read_bytes()), kept)
+
+
+def test_stack_padded_scales_int16_rows_like_to_float32() -> None:
+    rng = np.random.default_rng(4)
+    pcm = rng.integers(-32768, 32768, 50, dtype=np.int64).astype(np.int16)
+    floats = rng.standard_normal(30).astype(np.float32)
+    batch = stack_padded([pcm, floats, pcm[:0]])
+    assert batch.dtype == np.float32 and batch.shape == (3, 50)
+    assert np.array_equal(batch[0], to_float32(pcm))
+    assert np.array_equal(batch[1, :30], floats) and not batch[1, 30:].any()
+    assert not batch[2].any()
+    assert np.array_equal(stack_padded([pcm])[0], to_float32(pcm))
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from budgie import cuda_runner
+from budgie.audio import to_float32
 from budgie.cuda_runner import FEATURE_BUCKET, bucket_batch, bucket_frames, samples_bucket
 from budgie.frontend import MelFeaturizer
 from budgie.gpu_decoding import STEPS_PER_GRAPH, StepDecoder, unchecked_replays
@@ -249,3 +252,33 @@ def test_pack_rows_places_each_row_at_its_offset(threads: int) -> None:
     assert np.array_equal(out[:-5], np.concatenate(rows))
     assert bool((out[-5:] == -7.0).all())
     assert cuda_runner.pack_rows([], out, pool) == []
+
+
+def test_int16_waveforms_are_scaled_on_the_device_as_on_the_host() -> None:
+    rng = np.random.default_rng(5)
+    pcm = rng.integers(-32768, 32768, (2, 999), dtype=np.int64).astype(np.int16)
+    pcm[0, :2] = (-32768, 32767)
+    got = cuda_runner.waveform_floats(torch.from_numpy(pcm))
+    assert got.dtype == torch.float32
+    assert torch.equal(got, torch.from_numpy(to_float32(pcm)))
+    floats = torch.from_numpy(to_float32(pcm))
+    assert cuda_runner.waveform_floats(floats) is floats
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_int16_batches_give_the_features_of_float32_batches(synth_models: SynthModels) -> None:
+    """CudaRunner.preprocess: int16 rows (copied as int16, scaled in the graph) and mixed rows
+    give the float32 rows' features, eagerly and from the captured graph."""
+    net = copy.deepcopy(synth_models.model("tiny").network).to("cuda")
+    runner = cuda_runner.CudaRunner(net)
+    rng = np.random.default_rng(6)
+    pcm = [rng.integers(-3000, 3000, n, dtype=np.int64).astype(np.int16) for n in (16000, 9001)]
+    floats = [to_float32(r) for r in pcm]
+    with torch.inference_mode():
+        for _ in range(2):  # first use eager, second from the graph
+            want, want_len = runner.preprocess(floats)
+            for rows in (pcm, [pcm[0], floats[1]]):
+                got, got_len = runner.preprocess(rows)
+                assert torch.equal(got_len, want_len)
+                assert torch.equal(got, want)
+    assert {key[2] for key in runner._frontends} == {torch.int16, torch.float32}

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from budgie import limits
+from budgie import limits, pipeline
 from budgie.audio import load_audio
 from budgie.config import EncoderConfig
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
@@ -338,6 +339,33 @@ def test_one_corrupt_file_does_not_stop_the_others(
             assert result.token_ids == model.transcribe(source).token_ids
     with pytest.raises(AudioError, match=re.escape("corrupt.wav")):
         model.transcribe(str(corrupt))
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_results_stay_in_input_order_over_many_loads(
+    synth_models: SynthModels, tmp_path: Path, batch_size: int
+) -> None:
+    """More inputs than loader threads (each thread loads a strided share of a window), files
+    of different lengths and errors among them: every result lands at its input's position."""
+    model = synth_models.model("tiny")
+    rng = np.random.default_rng(8)
+    inputs = []
+    for i in range(3 * pipeline.LOAD_THREADS + 5):
+        path = tmp_path / f"clip{i:02d}.wav"
+        if i % 7 == 3:
+            path.write_bytes(b"not audio at all")
+        else:
+            pcm = rng.integers(-2000, 2000, 800 * (1 + (i * 5) % 11), dtype=np.int64)
+            sf.write(path, pcm.astype(np.int16), 16000, subtype="PCM_16")
+        inputs.append(str(path))
+    results = model.transcribe(inputs, batch_size=batch_size)
+    assert [r.source for r in results] == inputs
+    assert [isinstance(r, TranscriptionError) for r in results] == [
+        i % 7 == 3 for i in range(len(inputs))
+    ]
+    for source, result in zip(inputs, results, strict=True):
+        if isinstance(result, Transcript):
+            assert result.duration_s == sf.info(source).frames / 16000
 
 
 ONE_HOUR = 16000 * 3600

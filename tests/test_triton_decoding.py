@@ -236,3 +236,58 @@ def test_bf16_weights_decode_as_the_rounded_float32_network(
     assert outcome(tri.hypotheses(2)) != outcome(want_fp32) or not torch.allclose(
         tri.h, exact.h, rtol=1e-5, atol=1e-5
     )
+
+
+# Tensor-core tiling at the tiny model's sizes: several hidden and output blocks, several slices
+# of the reduction, and (at 20 rows) two row blocks of 16, the second mostly masked.
+TENSOR_CORES = TritonConfig(
+    block_b=16, block_n=16, block_h=16, block_j=16, dot_k=16, tensor_cores=True
+)
+
+
+# Triton's interpreter (numpy has no bfloat16) gets bf16 tl.dot wrong: bf16 runs on CUDA only.
+TENSOR_CORE_DTYPES = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", TENSOR_CORE_DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_tensor_core_steps_match_the_rounded_float32_network(
+    synth_models: SynthModels, device: str, dtype: torch.dtype
+) -> None:
+    """tensor_cores: every step as the torch machine on weights rounded to ``dtype`` (the
+    activations keep ~16 bits through the split products), over rows of different lengths."""
+    net = network(synth_models, device)
+    lengths = [16, 9, 0, 12, 16, 3, 7, 16, 1, 14, 16, 5, 11, 16, 8, 2, 16, 13, 6, 10]
+    frames, batch = 16, len(lengths)
+    dev = torch.device(device)
+    durations = net.cfg.decoding.durations
+    rounded = rounded_weights(net, dtype)
+    ref = StepDecoder(rounded.decoder, rounded.joint, batch, frames, durations, MAX_SYMBOLS, dev)
+    tri = TritonStepDecoder(
+        net.decoder, net.joint, batch, frames, durations, MAX_SYMBOLS, dev, TENSOR_CORES,
+        weight_dtype=dtype,
+    )  # fmt: skip
+    assert tri.config.rows(batch) == 16 and tri.w_lstm[0].dtype == dtype
+    enc, lens = random_enc_proj(net, lengths, frames, 1.5, 4, device)
+    cover = Coverage()
+    with torch.inference_mode():
+        ref.reset(enc, lens)
+        tri.reset(enc, lens)
+        step = 0
+        while ref.any_active():
+            observe(ref, cover, step)
+            tri.step()
+            assert_same_state(ref, tri, step, tol=1e-4)
+            step += 1
+        assert not tri.any_active()
+    assert cover.emitted >= batch and cover.capped > 0, cover
+
+
+def test_large_batches_of_16_bit_weights_default_to_tensor_cores() -> None:
+    assert TritonConfig.for_batch(16, torch.bfloat16).tensor_cores
+    assert TritonConfig.for_batch(64, torch.float16).tensor_cores
+    assert TritonConfig.for_batch(8, torch.bfloat16).tensor_cores
+    assert not TritonConfig.for_batch(4, torch.bfloat16).tensor_cores
+    assert not TritonConfig.for_batch(64, torch.float32).tensor_cores
+    with pytest.raises(ValueError, match="tensor_cores"):
+        TritonConfig(block_h=8, tensor_cores=True)

@@ -46,6 +46,9 @@ WAV_HEADER_SCAN_BYTES = 1 << 16
 
 AudioSource = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray
 Float32Array = npt.NDArray[np.float32]
+# load_samples' result: float32, or int16 for 16-bit PCM files at 16 kHz (see to_float32).
+Samples = npt.NDArray[np.float32] | npt.NDArray[np.int16]
+PCM16_SCALE = np.float32(1.0 / 32768.0)
 
 _INT_SCALE = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
 _PYAV_INT_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
@@ -90,14 +93,28 @@ def resample(samples: Float32Array, orig_rate: int, target_rate: int = SAMPLE_RA
     return out
 
 
+def to_float32(samples: np.ndarray) -> Float32Array:
+    """Samples as float32: int16 (16-bit PCM kept by ``load_samples``) scaled by 2^-15, which
+    gives libsndfile's float reading bit for bit; float32 as it is."""
+    if samples.dtype == np.int16:
+        out = np.empty(samples.shape, dtype=np.float32)
+        np.multiply(samples, PCM16_SCALE, out=out, casting="unsafe")
+        return out
+    return _f32(samples)
+
+
 def stack_padded(arrays: list[np.ndarray]) -> Float32Array:
-    """A batch of waveforms as one [B, max N] float32 array, zero padded. numpy, not torch:
-    a small torch CPU op wakes the intra-op thread pool, milliseconds on many-core hosts."""
+    """A batch of waveforms (float32, or int16 PCM: see ``to_float32``) as one [B, max N]
+    float32 array, zero padded. numpy, not torch: a small torch CPU op wakes the intra-op
+    thread pool, milliseconds on many-core hosts."""
     if len(arrays) == 1 and len(arrays[0]) > 0:
-        return np.ascontiguousarray(arrays[0], dtype=np.float32)[None]
+        return np.ascontiguousarray(to_float32(arrays[0]))[None]
     out = np.zeros((len(arrays), max(1, *(len(a) for a in arrays))), dtype=np.float32)
     for row, samples in enumerate(arrays):
-        out[row, : len(samples)] = samples
+        if samples.dtype == np.int16:
+            np.multiply(samples, PCM16_SCALE, out=out[row, : len(samples)], casting="unsafe")
+        else:
+            out[row, : len(samples)] = samples
     return out
 
 
@@ -165,7 +182,7 @@ def _zero_non_finite(x: Float32Array, name: str) -> Float32Array:
     if count == 0:
         return x
     warnings.warn(
-        f"{name}: {count} non-finite sample(s) (NaN/Inf) set to 0", UserWarning, stacklevel=3
+        f"{name}: {count} non-finite sample(s) (NaN/Inf) set to 0", UserWarning, stacklevel=4
     )
     out = x.copy()
     out[bad] = 0.0
@@ -192,19 +209,16 @@ def _declared_wav_frames(head: bytes) -> int | None:
     return None
 
 
-def _read_mono(f: sf.SoundFile) -> Float32Array:
-    """Read all frames as float32; several channels are averaged block by block.
-
-    Reading a long stereo file whole would hold every channel at once; blocks keep the peak near
-    the size of the mono result.
+def _read_mono(f: sf.SoundFile) -> Samples:
+    """Read all frames: mono 16-bit PCM as int16, anything else as float32 (several channels
+    averaged block by block: reading a long stereo file whole would hold every channel at once;
+    blocks keep the peak near the size of the mono result).
     """
     if f.channels == 1 and f.subtype == "PCM_16":
-        # libsndfile's own int16 -> float32 conversion is scalar (~4x slower on a 30 s clip);
-        # scaling by 2^-15 in numpy gives the same floats bit for bit (tested).
-        pcm = f.read(dtype="int16")
-        out = np.empty(pcm.shape, dtype=np.float32)
-        np.multiply(pcm, np.float32(1.0 / 32768.0), out=out, casting="unsafe")
-        return out
+        # int16: half the memory of float32 and no conversion here. libsndfile's own int16 ->
+        # float32 conversion is scalar (~4x slower on a 30 s clip); to_float32's scaling gives
+        # the same floats bit for bit (tested).
+        return np.asarray(f.read(dtype="int16"), dtype=np.int16)
     if f.channels == 1:
         return np.asarray(f.read(dtype="float32"), dtype=np.float32)
     out = np.empty(max(int(f.frames), 0), dtype=np.float32)
@@ -222,7 +236,7 @@ def _read_mono(f: sf.SoundFile) -> Float32Array:
     return out[:pos]
 
 
-def _decode_soundfile(file: str | IO[bytes], name: str, head: bytes) -> tuple[Float32Array, int]:
+def _decode_soundfile(file: str | IO[bytes], name: str, head: bytes) -> tuple[Samples, int]:
     """libsndfile; raises RuntimeError (LibsndfileError) when it does not know the format."""
     with sf.SoundFile(file) as f:
         rate = int(f.samplerate)
@@ -234,7 +248,7 @@ def _decode_soundfile(file: str | IO[bytes], name: str, head: bytes) -> tuple[Fl
             f"{name}: truncated WAV: the header declares {declared / rate:.3f} s but the file "
             f"holds {len(samples) / rate:.3f} s; using the audio present",
             UserWarning,
-            stacklevel=5,  # _decode_soundfile < _decode < _load_* < load_audio < caller
+            stacklevel=6,  # _decode_soundfile < _decode < _load_* < _load < load_audio < caller
         )
     return samples, rate
 
@@ -296,9 +310,7 @@ def _libsndfile_reason(error: RuntimeError) -> str:
     return reason.rstrip(".")
 
 
-def _decode(
-    opener: Callable[[], str | IO[bytes]], name: str, head: bytes
-) -> tuple[Float32Array, int]:
+def _decode(opener: Callable[[], str | IO[bytes]], name: str, head: bytes) -> tuple[Samples, int]:
     """soundfile, then PyAV; ``opener()`` gives a fresh path or stream for each attempt."""
     try:
         return _decode_soundfile(opener(), name, head)
@@ -317,7 +329,7 @@ def _decode(
         ) from None
 
 
-def _load_path(source: str | os.PathLike[str]) -> tuple[Float32Array, int]:
+def _load_path(source: str | os.PathLike[str]) -> tuple[Samples, int]:
     name = os.fsdecode(source)
     path = Path(name)
     try:
@@ -335,25 +347,25 @@ def _load_path(source: str | os.PathLike[str]) -> tuple[Float32Array, int]:
     return _decode(lambda: name, name, head)
 
 
-def _load_bytes(data: bytes, name: str) -> tuple[Float32Array, int]:
+def _load_bytes(data: bytes, name: str) -> tuple[Samples, int]:
     if len(data) == 0:
         raise AudioError(f"{name}: empty audio bytes")
     return _decode(lambda: io.BytesIO(data), name, data[:WAV_HEADER_SCAN_BYTES])
 
 
-def load_audio(source: AudioSource, sample_rate: int | None = None) -> Float32Array:
-    """Decode ``source`` into mono float32 samples at 16 kHz (``SAMPLE_RATE``).
+def load_samples(source: AudioSource, sample_rate: int | None = None) -> Samples:
+    """``load_audio``'s samples, except that a mono 16-bit PCM file at 16 kHz stays int16
+    (``to_float32`` gives the floats): half the memory to fill and to copy to a GPU, which
+    scales them there. Integers need no NaN/Inf check and no resampling."""
+    return _load(source, sample_rate, keep_pcm16=True)
 
-    ``source`` is a path, the bytes of an audio file, or a numpy array of samples (see the module
-    docstring for layouts and scaling). ``sample_rate`` is the rate of an array (16000 when not
-    given); files and bytes carry their own rate, and a ``sample_rate`` that disagrees with it is
-    an error rather than silently ignored. A float32 mono 16 kHz array without NaN/Inf is returned
-    as it is, without a copy. Bad input raises ``AudioError`` with a one-line message naming it.
-    """
+
+def _load(source: AudioSource, sample_rate: int | None, keep_pcm16: bool) -> Samples:
+    """load_samples and load_audio (both call it directly: warnings' stack levels count on it)."""
     name = describe_source(source)
     if isinstance(source, np.ndarray):
         rate = SAMPLE_RATE if sample_rate is None else _check_rate(sample_rate, name)
-        samples = _array_to_mono(source, name)
+        samples: Samples = _array_to_mono(source, name)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         samples, rate = _load_bytes(bytes(source), name)
     elif isinstance(source, (str, os.PathLike)):
@@ -368,5 +380,19 @@ def load_audio(source: AudioSource, sample_rate: int | None = None) -> Float32Ar
             f"{name}: sample_rate={sample_rate} given, but the file says {rate} Hz "
             "(sample_rate applies to arrays only)"
         )
-    samples = _zero_non_finite(samples, name)
-    return resample(samples, rate, SAMPLE_RATE)
+    if samples.dtype == np.int16 and rate == SAMPLE_RATE:
+        return samples if keep_pcm16 else to_float32(samples)
+    floats = _zero_non_finite(to_float32(samples), name)
+    return resample(floats, rate, SAMPLE_RATE)
+
+
+def load_audio(source: AudioSource, sample_rate: int | None = None) -> Float32Array:
+    """Decode ``source`` into mono float32 samples at 16 kHz (``SAMPLE_RATE``).
+
+    ``source`` is a path, the bytes of an audio file, or a numpy array of samples (see the module
+    docstring for layouts and scaling). ``sample_rate`` is the rate of an array (16000 when not
+    given); files and bytes carry their own rate, and a ``sample_rate`` that disagrees with it is
+    an error rather than silently ignored. A float32 mono 16 kHz array without NaN/Inf is returned
+    as it is, without a copy. Bad input raises ``AudioError`` with a one-line message naming it.
+    """
+    return to_float32(_load(source, sample_rate, keep_pcm16=False))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from budgie.audio import stack_padded
+from budgie.audio import PCM16_SCALE, stack_padded, to_float32
 from budgie.decoding import Hypothesis
 from budgie.encoder import ConformerLayer, LayerRunner, keep_position_bias_eager
 from budgie.gpu_decoding import (
@@ -147,18 +147,28 @@ def _capture(graph: torch.cuda.CUDAGraph, fn: Callable[[], object]) -> None:
         fn()
 
 
-class _FrontendGraph:
-    """Waveforms -> log-mel features for one (batch, samples) bucket. Samples past an input's
-    length are zero and masked, so its valid frames equal the unbucketed computation."""
+def waveform_floats(audio: Tensor) -> Tensor:
+    """The frontend's input as float32: int16 PCM scaled by 2^-15 on the device (exactly the
+    host's ``to_float32``), float32 as it is."""
+    if audio.dtype == torch.int16:
+        return audio.float() * float(PCM16_SCALE)
+    return audio
 
-    def __init__(self, network: ParakeetTDT, batch: int, samples: int) -> None:
+
+class _FrontendGraph:
+    """Waveforms -> log-mel features for one (batch, samples, sample dtype) bucket. Samples past
+    an input's length are zero and masked, so its valid frames equal the unbucketed computation.
+    int16 batches (16-bit PCM files) travel as int16 and are scaled inside the graph."""
+
+    def __init__(self, network: ParakeetTDT, batch: int, samples: int, dtype: torch.dtype) -> None:
         device = next(network.parameters()).device
-        self.audio = torch.zeros(batch, samples, device=device)
+        self.audio = torch.zeros(batch, samples, device=device, dtype=dtype)
         self.num_samples = torch.zeros(batch, device=device, dtype=torch.long)
         self.graph = torch.cuda.CUDAGraph()
 
         def frontend() -> None:
-            self.features, self.lengths = network.preprocessor(self.audio, self.num_samples)
+            audio = waveform_floats(self.audio)
+            self.features, self.lengths = network.preprocessor(audio, self.num_samples)
 
         _capture(self.graph, frontend)
 
@@ -168,7 +178,7 @@ class _FrontendGraph:
         """Each row is copied from pinned memory into its slot of the graph's input: no padded
         host array is built and the copies run asynchronously."""
         self.audio.zero_()
-        host = staging.hold(sum(len(r) for r in rows))
+        host = staging.hold(sum(len(r) for r in rows), self.audio.dtype)
         offsets = pack_rows(rows, host.numpy(), pool)
         for row, (samples, offset) in enumerate(zip(rows, offsets, strict=True)):
             n = len(samples)
@@ -204,20 +214,22 @@ class PinnedStaging:
     """A reusable page-locked host buffer for host-to-GPU copies of audio.
 
     ``hold`` waits until the copies issued from the previous hold have finished, so the buffer
-    is never overwritten while the GPU still reads it; it grows (doubling) as needed.
+    is never overwritten while the GPU still reads it; it grows (doubling) as needed. Its bytes
+    are viewed as the dtype asked for (int16 or float32 samples).
     """
 
     def __init__(self) -> None:
-        self._buffer = torch.empty(0)
+        self._buffer = torch.empty(0, dtype=torch.uint8)
         self._copied: torch.cuda.Event | None = None
 
-    def hold(self, numel: int) -> Tensor:
+    def hold(self, numel: int, dtype: torch.dtype = torch.float32) -> Tensor:
         if self._copied is not None:
             self._copied.synchronize()
-        if self._buffer.numel() < numel:
-            size = max(numel, 2 * self._buffer.numel())
-            self._buffer = torch.empty(size, dtype=torch.float32, pin_memory=True)
-        return self._buffer[:numel]
+        nbytes = numel * dtype.itemsize
+        if self._buffer.numel() < nbytes:
+            size = max(nbytes, 2 * self._buffer.numel())
+            self._buffer = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        return self._buffer[:nbytes].view(dtype)
 
     def release(self) -> None:
         """Mark the end of the copies from the held buffer (on the current stream)."""
@@ -275,7 +287,7 @@ class CudaRunner:
         self.loop_decoder = loop_decoder()
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
         self._layer_runner: LayerRunner | None = None
-        self._frontends: dict[tuple[int, int], _FrontendGraph] = {}
+        self._frontends: dict[tuple[int, int, torch.dtype], _FrontendGraph] = {}
         self._staging = PinnedStaging()
         self._fill_pool: ThreadPoolExecutor | None = None
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
@@ -292,13 +304,19 @@ class CudaRunner:
         return self.use_graphs and uses >= 2
 
     def preprocess(self, rows: list[np.ndarray]) -> tuple[Tensor, Tensor]:
-        """Host waveforms (float32, one array per input) -> features and lengths on the GPU."""
+        """Host waveforms (one array per input: float32, or int16 PCM as audio.load_samples
+        keeps it) -> features and lengths on the GPU. A batch of int16 rows is copied as int16
+        (half the bytes); a mixed batch is made float32 first."""
         net = self.network
         hop = net.cfg.preprocessor.hop_length
         longest = max(1, *(len(r) for r in rows))
-        key = (bucket_batch(len(rows)), samples_bucket(longest, hop))
+        pcm16 = all(r.dtype == np.int16 for r in rows)
+        if not pcm16:
+            rows = [to_float32(r) for r in rows]
+        shape = (bucket_batch(len(rows)), samples_bucket(longest, hop))
+        key = (*shape, torch.int16 if pcm16 else torch.float32)
         graph = self._frontends.get(key)
-        if graph is None and self._graph_now("frontend", key):
+        if graph is None and self._graph_now("frontend_pcm16" if pcm16 else "frontend", shape):
             graph = self._frontends[key] = _FrontendGraph(net, *key)
         if graph is not None:
             if self._fill_pool is None and len(rows) > 1:

@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import cast, overload
+from typing import Any, cast, overload
 
 import numpy as np
 import torch
 
-from budgie.audio import SAMPLE_RATE, describe_source, load_audio, stack_padded
+from budgie.audio import SAMPLE_RATE, describe_source, load_samples, stack_padded
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
 from budgie.cuda_runner import CudaRunner
@@ -90,7 +90,7 @@ class _Inferred:
 class _Loaded:
     index: int
     source: str
-    samples: np.ndarray
+    samples: np.ndarray  # float32, or int16 PCM (audio.load_samples)
     load_ms: float
 
 
@@ -213,12 +213,24 @@ class Model:
                     return future
                 return text.submit(self._finish_batch, batch, inferred, timestamps)
 
-            def submit(window: list[int]) -> list[Future[_Loaded | TranscriptionError]]:
-                return [loaders.submit(self._load_one, i, inputs[i]) for i in window]
+            def submit(window: list[int]) -> list[Future[list[_Loaded | TranscriptionError]]]:
+                # One task per loader thread, strided so each gets long and short inputs: a
+                # future per input cost the calling thread ~100 GIL hand-offs per window.
+                return [
+                    loaders.submit(self._load_many, [(i, inputs[i]) for i in window[k::workers]])
+                    for k in range(min(workers, len(window)))
+                ]
+
+            def collect(futures: list[Future[list[_Loaded | TranscriptionError]]]) -> list[Any]:
+                """The loaded window, in window order."""
+                items: list[Any] = [None] * sum(len(f.result()) for f in futures)
+                for k, future in enumerate(futures):
+                    items[k :: len(futures)] = future.result()
+                return items
 
             pending = submit(windows[0]) if windows else []
             for number, window in enumerate(windows):
-                current = [f.result() for f in pending]
+                current = collect(pending)
                 if number + 1 < len(windows):  # decode the next window while this one computes
                     pending = submit(windows[number + 1])
                 loaded: list[_Loaded] = []
@@ -237,12 +249,15 @@ class Model:
             settle(wait=True)
         return [r for r in results if r is not None]
 
+    def _load_many(self, items: list[tuple[int, AudioInput]]) -> list[_Loaded | TranscriptionError]:
+        return [self._load_one(index, source) for index, source in items]
+
     def _load_one(self, index: int, source: AudioInput) -> _Loaded | TranscriptionError:
         """Decode one input (runs in a loader thread; soundfile and soxr release the GIL)."""
         clock = PhaseClock(self.device, sync=False)
         try:
             with clock.phase("load_audio"):
-                samples = load_audio(source)
+                samples = load_samples(source)  # 16-bit PCM stays int16 (half the memory)
             check_single_pass(self.config, len(samples), self.device)
         except BudgieError as exc:
             return TranscriptionError(describe_source(source), str(exc))

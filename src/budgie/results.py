@@ -11,7 +11,7 @@ from typing import Any
 PHASES = ("load_audio", "preprocess", "encode", "decode", "tokenize")
 
 
-@dataclass
+@dataclass(slots=True)
 class Token:
     """One emitted SentencePiece token with its place on the encoder time axis."""
 
@@ -24,7 +24,7 @@ class Token:
     confidence: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Word:
     text: str
     start: float
@@ -32,7 +32,7 @@ class Word:
     confidence: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
     """A sentence-like span: NeMo ends a segment at '.', '?' or '!'."""
 

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from functools import cached_property, lru_cache
 from itertools import pairwise
 from pathlib import Path
+from typing import cast
 
 import sentencepiece as spm
 
@@ -167,6 +168,14 @@ class Tokenizer:
             self._text_cache[token_id] = text
         return text
 
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """``token_text`` of every id (one dict lookup each once cached)."""
+        cache = self._text_cache
+        texts = [cache.get(i) for i in ids]
+        if None in texts:
+            texts = [self.token_text(i) for i in ids]
+        return cast(list[str], texts)
+
     def decode(self, ids: Sequence[int]) -> str:
         """The transcript NeMo 3.0.0 gives for these (blank-free) token ids."""
         text = self.decode_pieces(self.pieces(ids))
@@ -186,20 +195,14 @@ def build_timed_tokens(
     ``frame`` and ``duration`` keep the decoder's raw emission frame and TDT duration.
     """
     _check_lengths(ids, frames, durations, confidences)
-    texts = [tokenizer.token_text(i) for i in ids]
+    ids = [int(i) for i in ids]
+    texts = tokenizer.token_texts(ids)
     offsets = snap_punctuation(texts, frames, durations, tokenizer.supported_punctuation)
+    confs = [None] * len(ids) if confidences is None else [float(c) for c in confidences]
     return [
-        Token(
-            id=int(tid),
-            piece=tokenizer.id_to_piece(tid),
-            start=start * frame_shift_s,
-            end=end * frame_shift_s,
-            frame=int(frame),
-            duration=int(dur),
-            confidence=None if confidences is None else float(confidences[k]),
-        )
-        for k, (tid, frame, dur, (start, end)) in enumerate(
-            zip(ids, frames, durations, offsets, strict=True)
+        Token(tid, piece, start * frame_shift_s, end * frame_shift_s, int(frame), int(dur), conf)
+        for tid, piece, frame, dur, (start, end), conf in zip(
+            ids, tokenizer.pieces(ids), frames, durations, offsets, confs, strict=True
         )
     ]
 
@@ -208,7 +211,7 @@ def group_words(tokens: Sequence[Token], tokenizer: Tokenizer) -> list[Word]:
     """NeMo's word timestamps; confidence = min over the word's tokens (None if any lacks one)."""
     spans = word_spans(
         [t.piece for t in tokens],
-        [tokenizer.token_text(t.id) for t in tokens],
+        tokenizer.token_texts([t.id for t in tokens]),
         tokenizer.supported_punctuation,
         tokenizer.decode_word,
         tokenizer.tokenizer_type,

@@ -85,7 +85,8 @@ def snap_punctuation(
 
 def _next_non_delimiter(texts: Sequence[str], i: int) -> str | None:
     """NeMo's look-ahead: the next text that is neither empty nor the delimiter, if any."""
-    for text in texts[i + 1 :]:
+    for k in range(i + 1, len(texts)):  # indices, not a slice: no copy per delimiter
+        text = texts[k]
         if text and text != WORD_DELIMITER:
             return text
     return None

@@ -61,12 +61,46 @@ class TritonConfig:
     # From this many rows per program on, one extra kernel takes the argmaxes once per row block
     # (at batch 32, every LSTM program reading 8 rows of logits cost more than the launch).
     select_rows: int = 8
+    # Rows per program of _select_kernel: few, so that many programs share a batch's argmaxes
+    # (32 rows per program took 33 us per step at batch 64 on an H100, in 2 programs).
+    select_block: int = 2
+    # Products on tensor cores (tl.dot) for 16-bit weights: every block (rows included, padded
+    # with masked rows) at least 16 wide, the reduction in slices of ``dot_k``.
+    tensor_cores: bool = False
+    dot_k: int = 64
+
+    def __post_init__(self) -> None:
+        blocks = (self.block_b, self.block_n, self.block_h, self.block_j, self.dot_k)
+        if self.tensor_cores and min(blocks) < 16:
+            raise ValueError(f"tensor_cores needs every block >= 16, got {self}")
 
     def rows(self, batch: int) -> int:
-        return min(int(triton.next_power_of_2(batch)), self.block_b)
+        rows = min(int(triton.next_power_of_2(batch)), self.block_b)
+        return max(16, rows) if self.tensor_cores else rows
 
     def block_k(self, rows: int, outputs: int, k: int) -> int:
+        if self.tensor_cores:
+            return int(max(16, min(triton.next_power_of_2(k), self.dot_k)))
         return int(min(triton.next_power_of_2(k), max(16, self.tile // (rows * outputs))))
+
+    @classmethod
+    def for_batch(cls, batch: int, weight_dtype: torch.dtype) -> TritonConfig:
+        """The default tiling for a machine: from ``TENSOR_CORE_BATCH`` rows on with 16-bit
+        weights the tensor-core one (the CUDA-core products cost ~90 us per LSTM layer at
+        batch 64), else the CUDA-core one tuned for small batches."""
+        if batch >= TENSOR_CORE_BATCH and weight_dtype in (torch.bfloat16, torch.float16):
+            return LARGE_BATCH
+        return cls()
+
+
+# Tensor-core tiling from TENSOR_CORE_BATCH rows on (see TritonConfig.for_batch). Speech-like
+# step times on an H100 in bf16 (benchmarks/results/gpu_decoder_micro_h100_2026-11-24_tc.json),
+# CUDA-core vs this tiling's variants: 56 vs 45-53 us at batch 8 (16 rows, half masked), 52 vs
+# 30-35 at 16, 111 vs 52-57 at 32, 186 vs 63-69 at 64.
+LARGE_BATCH = TritonConfig(
+    block_b=16, block_n=32, block_h=16, block_j=32, num_warps=4, tensor_cores=True, dot_k=128
+)
+TENSOR_CORE_BATCH = 8
 
 
 @triton.jit
@@ -75,13 +109,26 @@ def _tanh(x):
 
 
 @triton.jit
+def _split_dot(v, w_t, acc):
+    """acc + v @ w_t on tensor cores for float32 activations ``v`` [M, K] and 16-bit weights
+    ``w_t`` [K, N]: v is split into a 16-bit head and a 16-bit remainder, and each product of
+    16-bit numbers is exact in the float32 sums, so the result keeps ~16 bits of v instead of 8
+    (close to the CUDA-core path's float32 activations, which the tests compare against)."""
+    head = v.to(w_t.dtype)
+    rest = (v - head.to(tl.float32)).to(w_t.dtype)
+    acc = tl.dot(head, w_t, acc)
+    return tl.dot(rest, w_t, acc)
+
+
+@triton.jit
 def _joint_tile(
     enc_ptr, enc_rows, pred_ptr, pred_rows, rows, row_ok, w_ptr, bias_ptr, logits_ptr, cols, J, N,
-    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr = False,
 ):  # fmt: skip
     """logits[rows, cols] = relu(enc_proj row + pred_proj[pred_rows]) @ W_out[cols]^T +
     bias[cols] (the loop kernel's look-ahead puts several frames of one row in a tile).
-    pred_proj is read past L1 (``.cg``): the decode loop kernel rewrites it between uses."""
+    pred_proj is read past L1 (``.cg``): the decode loop kernel rewrites it between uses.
+    DOT: on tensor cores (16-bit weights, BB, BN, BK >= 16)."""
     col_ok = cols < N
     acc = tl.zeros([BB, BN], dtype=tl.float32)
     for k0 in range(0, J, BK):
@@ -92,9 +139,14 @@ def _joint_tile(
         pred_at = pred_ptr + pred_rows[:, None] * J + ks[None, :]
         pred = tl.load(pred_at, mask=m, other=0.0, cache_modifier=".cg")
         hidden = tl.maximum(enc + pred, 0.0)
-        w_mask = col_ok[:, None] & k_ok[None, :]
-        w = tl.load(w_ptr + cols[:, None] * J + ks[None, :], mask=w_mask, other=0.0)
-        acc += tl.sum(hidden[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+        if DOT:
+            w_t_mask = k_ok[:, None] & col_ok[None, :]
+            w_t = tl.load(w_ptr + cols[None, :] * J + ks[:, None], mask=w_t_mask, other=0.0)
+            acc = _split_dot(hidden, w_t, acc)
+        else:
+            w_mask = col_ok[:, None] & k_ok[None, :]
+            w = tl.load(w_ptr + cols[:, None] * J + ks[None, :], mask=w_mask, other=0.0)
+            acc += tl.sum(hidden[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
     acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
     out = logits_ptr + rows[:, None] * N + cols[None, :]
     tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
@@ -104,7 +156,7 @@ def _joint_tile(
 def _joint_kernel(
     enc_ptr, pred_ptr, w_ptr, bias_ptr, time_ptr, len_ptr, logits_ptr,
     B, T, J, N,
-    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     row_ok = rows < B
@@ -115,7 +167,7 @@ def _joint_kernel(
     cols = tl.program_id(0) * BN + tl.arange(0, BN)
     _joint_tile(
         enc_ptr, enc_rows, pred_ptr, rows, rows, row_ok, w_ptr, bias_ptr, logits_ptr, cols, J, N,
-        BB, BN, BK,
+        BB, BN, BK, DOT,
     )  # fmt: skip
 
 
@@ -142,6 +194,7 @@ def _argmax_rows(ptr, rows, row_ok, stride, n, BB: tl.constexpr, BL: tl.constexp
 def _lstm_tile(
     x_base, x_rows, h_ptr, c_ptr, w_ptr, b_ptr, h_out_ptr, c_out_ptr, rows, row_ok, emit, hs, H,
     KEEP: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    DOT: tl.constexpr = False,
 ):  # fmt: skip
     """The LSTM cell for hidden units ``hs`` of the emitting rows: new h, c from the input rows
     (x_base + x_rows) and the old state, written to h_out/c_out. With KEEP the other valid rows
@@ -160,17 +213,25 @@ def _lstm_tile(
         v = tl.load(x_at, mask=in_x, other=0.0, cache_modifier=".cg")
         h_at = h_ptr + rows[:, None] * H + (ks - H)[None, :]
         v += tl.load(h_at, mask=in_h, other=0.0, cache_modifier=".cg")
-        w_mask = h_ok[:, None] & (ks < 2 * H)[None, :]
-        w_rows = w_ptr + hs[:, None] * (2 * H) + ks[None, :]
         gate = 2 * H * H  # elements per gate block of the packed weight
-        w = tl.load(w_rows, mask=w_mask, other=0.0).to(tl.float32)
-        acc_i += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + gate, mask=w_mask, other=0.0).to(tl.float32)
-        acc_f += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0).to(tl.float32)
-        acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0).to(tl.float32)
-        acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+        if DOT:  # the four gates' [BK, BH] weight tiles on tensor cores
+            w_t_mask = (ks < 2 * H)[:, None] & h_ok[None, :]
+            w_t_rows = w_ptr + hs[None, :] * (2 * H) + ks[:, None]
+            acc_i = _split_dot(v, tl.load(w_t_rows, mask=w_t_mask, other=0.0), acc_i)
+            acc_f = _split_dot(v, tl.load(w_t_rows + gate, mask=w_t_mask, other=0.0), acc_f)
+            acc_g = _split_dot(v, tl.load(w_t_rows + 2 * gate, mask=w_t_mask, other=0.0), acc_g)
+            acc_o = _split_dot(v, tl.load(w_t_rows + 3 * gate, mask=w_t_mask, other=0.0), acc_o)
+        else:
+            w_mask = h_ok[:, None] & (ks < 2 * H)[None, :]
+            w_rows = w_ptr + hs[:, None] * (2 * H) + ks[None, :]
+            w = tl.load(w_rows, mask=w_mask, other=0.0).to(tl.float32)
+            acc_i += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+            w = tl.load(w_rows + gate, mask=w_mask, other=0.0).to(tl.float32)
+            acc_f += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+            w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0).to(tl.float32)
+            acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+            w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0).to(tl.float32)
+            acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
     i = tl.sigmoid(acc_i + tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :])
     f = tl.sigmoid(acc_f + tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :])
     g = _tanh(acc_g + tl.load(b_ptr + 2 * H + hs, mask=h_ok, other=0.0)[None, :])
@@ -232,7 +293,7 @@ def _lstm_kernel(
     h_out_ptr, c_out_ptr, sel_ptr,
     B, H, N, NL, ND, BLANK,
     FIRST: tl.constexpr, SELECTED: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
-    BK: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+    BK: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     row_ok = rows < B
@@ -255,7 +316,7 @@ def _lstm_kernel(
     hs = tl.program_id(0) * BH + tl.arange(0, BH)
     _lstm_tile(
         x_base, x_rows, h_ptr, c_ptr, w_ptr, b_ptr, h_out_ptr, c_out_ptr, rows, row_ok, emit, hs,
-        H, False, BB, BH, BK,
+        H, False, BB, BH, BK, DOT,
     )  # fmt: skip
 
 
@@ -311,7 +372,7 @@ def _bookkeeping(
 @triton.jit
 def _project_tile(
     w_ptr, bias_ptr, top_ptr, pred_ptr, rows, emit, js, H, J,
-    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr = False,
 ):  # fmt: skip
     """pred_proj[rows, js] of the emitting rows from the top LSTM layer's new h (top_ptr)."""
     j_ok = js < J
@@ -321,9 +382,14 @@ def _project_tile(
         k_ok = ks < H
         top_at = top_ptr + rows[:, None] * H + ks[None, :]
         v = tl.load(top_at, mask=emit[:, None] & k_ok[None, :], other=0.0, cache_modifier=".cg")
-        w_mask = j_ok[:, None] & k_ok[None, :]
-        w = tl.load(w_ptr + js[:, None] * H + ks[None, :], mask=w_mask, other=0.0)
-        acc += tl.sum(v[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+        if DOT:
+            w_t_mask = k_ok[:, None] & j_ok[None, :]
+            w_t = tl.load(w_ptr + js[None, :] * H + ks[:, None], mask=w_t_mask, other=0.0)
+            acc = _split_dot(v, w_t, acc)
+        else:
+            w_mask = j_ok[:, None] & k_ok[None, :]
+            w = tl.load(w_ptr + js[:, None] * H + ks[None, :], mask=w_mask, other=0.0)
+            acc += tl.sum(v[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
     acc += tl.load(bias_ptr + js, mask=j_ok, other=0.0)[None, :]
     tl.store(pred_ptr + rows[:, None] * J + js[None, :], acc, mask=emit[:, None] & j_ok[None, :])
 
@@ -333,7 +399,7 @@ def _project_kernel(
     w_ptr, bias_ptr, pred_ptr, h_new_ptr, c_new_ptr, h_ptr, c_ptr,
     sel_ptr, time_ptr, len_ptr, steps_ptr, count_ptr, on_frame_ptr, last_frame_ptr, out_ptr,
     B, H, J, L, CAP, MAX_SYMBOLS,
-    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
+    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     row_ok = rows < B
@@ -347,7 +413,7 @@ def _project_kernel(
         return
     js = tl.program_id(0) * BJ + tl.arange(0, BJ)
     top = h_new_ptr + (L - 1) * B * H  # the new output of the top layer
-    _project_tile(w_ptr, bias_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK)
+    _project_tile(w_ptr, bias_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK, DOT)
     # Commit: the programs share the copy of the emitting rows' new (h, c), all layers.
     stride = tl.num_programs(0) * BC
     for s0 in range(tl.program_id(0) * BC, L * H, stride):
@@ -383,7 +449,9 @@ class TritonStepDecoder(StepDecoder):
         weight_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(decoder, joint, batch, max_frames, durations, max_symbols, device)
-        self.config = config or TritonConfig()
+        self.config = config or TritonConfig.for_batch(batch, weight_dtype)
+        if self.config.tensor_cores and weight_dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError("tensor_cores needs 16-bit weights (bf16 or fp16)")
         wd = weight_dtype
         out = joint.joint_net[2]
         assert isinstance(out, torch.nn.Linear)
@@ -421,9 +489,10 @@ class TritonStepDecoder(StepDecoder):
         outputs, labels = self.num_outputs, self.num_labels
         label_block = min(triton.next_power_of_2(labels), max(16, 2048 // bb))
         selected = bb >= cfg.select_rows
+        dot = cfg.tensor_cores
         args: tuple[Any, ...] = (self.enc_proj, self.pred_proj, self.w_out, self.b_out)
         args += (self.time, self.lengths, self.logits, b, self.max_frames, hidden, outputs)
-        consts: dict[str, Any] = dict(BB=bb, BN=cfg.block_n)
+        consts: dict[str, Any] = dict(BB=bb, BN=cfg.block_n, DOT=dot)
         consts["BK"] = cfg.block_k(bb, cfg.block_n, hidden)
         plan = [
             Launch(_joint_kernel, (triton.cdiv(outputs, cfg.block_n), row_blocks), args, consts)
@@ -431,14 +500,16 @@ class TritonStepDecoder(StepDecoder):
         if selected:
             args = (self.logits, self.time, self.lengths, self.durations, self.sel, b, outputs)
             args += (labels, outputs - labels, self.blank)
-            consts = dict(BB=bb, BL=label_block, BD=triton.next_power_of_2(outputs - labels))
-            plan.append(Launch(_select_kernel, (row_blocks, 1), args, consts))
+            sb = min(cfg.select_block, bb)
+            consts = dict(BB=sb, BD=triton.next_power_of_2(outputs - labels))
+            consts["BL"] = min(triton.next_power_of_2(labels), max(16, 4096 // sb))
+            plan.append(Launch(_select_kernel, (triton.cdiv(b, sb), 1), args, consts))
         for layer in range(layers):
             args = (self.logits, self.time, self.lengths, self.durations, self.embed)
             args += (self.h_new[max(layer - 1, 0)], self.h[layer], self.c[layer])
             args += (self.w_lstm[layer], self.b_lstm[layer], self.h_new[layer], self.c_new[layer])
             args += (self.sel, b, pred_hidden, outputs, labels, outputs - labels, self.blank)
-            consts = dict(FIRST=layer == 0, SELECTED=selected, BB=bb, BH=cfg.block_h)
+            consts = dict(FIRST=layer == 0, SELECTED=selected, BB=bb, BH=cfg.block_h, DOT=dot)
             consts["BK"] = cfg.block_k(bb, cfg.block_h, 2 * pred_hidden)
             consts["BL"] = label_block
             consts["BD"] = triton.next_power_of_2(outputs - labels)
@@ -448,7 +519,7 @@ class TritonStepDecoder(StepDecoder):
         args += (self.sel, self.time, self.lengths, self.steps, self.count, self.on_frame)
         args += (self.last_frame, self.out, b, pred_hidden, hidden, layers, self.capacity)
         args += (self.max_symbols,)
-        consts = dict(BB=bb, BJ=cfg.block_j, BC=max(16, 1024 // bb))
+        consts = dict(BB=bb, BJ=cfg.block_j, BC=max(16, 1024 // bb), DOT=dot)
         consts["BK"] = cfg.block_k(bb, cfg.block_j, pred_hidden)
         grid = (triton.cdiv(hidden, cfg.block_j), row_blocks)
         plan.append(Launch(_project_kernel, grid, args, consts))
