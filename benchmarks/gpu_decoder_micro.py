@@ -225,7 +225,7 @@ def main() -> None:
             tc |= {
                 "tc_b32_k64": tensor_cores(block_b=32, dot_k=64),  # first measured tiling
                 "tc_b16_k64": tensor_cores(dot_k=64),
-                "tc_h32": tensor_cores(block_h=32),
+                "tc_h16": tensor_cores(block_h=16),
                 "tc_b32_h32": tensor_cores(block_b=32, block_h=32),
                 "tc_b64": tensor_cores(block_b=64),
                 "tc_n64_j64": tensor_cores(block_n=64, block_j=64),

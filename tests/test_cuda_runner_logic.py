@@ -267,18 +267,25 @@ def test_int16_waveforms_are_scaled_on_the_device_as_on_the_host() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_int16_batches_give_the_features_of_float32_batches(synth_models: SynthModels) -> None:
-    """CudaRunner.preprocess: int16 rows (copied as int16, scaled in the graph) and mixed rows
-    give the float32 rows' features, eagerly and from the captured graph."""
+    """CudaRunner.preprocess: int16 rows (copied as int16, scaled on the GPU) give the float32
+    rows' features bit for bit, eagerly (first use of a shape) and from the captured graphs
+    (second use); a mixed batch goes the float32 way."""
     net = copy.deepcopy(synth_models.model("tiny").network).to("cuda")
     runner = cuda_runner.CudaRunner(net)
     rng = np.random.default_rng(6)
     pcm = [rng.integers(-3000, 3000, n, dtype=np.int64).astype(np.int16) for n in (16000, 9001)]
     floats = [to_float32(r) for r in pcm]
     with torch.inference_mode():
-        for _ in range(2):  # first use eager, second from the graph
-            want, want_len = runner.preprocess(floats)
-            for rows in (pcm, [pcm[0], floats[1]]):
-                got, got_len = runner.preprocess(rows)
-                assert torch.equal(got_len, want_len)
-                assert torch.equal(got, want)
+        eager, eager_len = runner.preprocess(floats)
+        got, got_len = runner.preprocess(pcm)
+        assert torch.equal(got, eager) and torch.equal(got_len, eager_len)
+        graphed, graphed_len = runner.preprocess(floats)
+        assert {key[2] for key in runner._frontends} == {torch.float32}
+        for rows in (pcm, [pcm[0], floats[1]]):
+            got, got_len = runner.preprocess(rows)
+            assert torch.equal(got, graphed) and torch.equal(got_len, graphed_len)
     assert {key[2] for key in runner._frontends} == {torch.int16, torch.float32}
+    assert torch.equal(graphed_len, eager_len)
+    for row, n in enumerate(eager_len.tolist()):  # the bucket's extra frames are zero
+        assert torch.allclose(graphed[row, :, :n], eager[row, :, :n], atol=1e-5)
+        assert not graphed[row, :, n:].any()

@@ -94,11 +94,11 @@ class TritonConfig:
 
 
 # Tensor-core tiling from TENSOR_CORE_BATCH rows on (see TritonConfig.for_batch). Speech-like
-# step times on an H100 in bf16 (benchmarks/results/gpu_decoder_micro_h100_2026-11-24_tc.json),
-# CUDA-core vs this tiling's variants: 56 vs 45-53 us at batch 8 (16 rows, half masked), 52 vs
-# 30-35 at 16, 111 vs 52-57 at 32, 186 vs 63-69 at 64.
+# step times on an H100 in bf16, CUDA-core vs tensor cores: 56 vs 40 us at batch 8 (16 rows,
+# half masked), 52 vs 26 at 16, 111 vs 41 at 32, 186 vs 47 at 64 (the fastest of 11 tilings
+# at every batch: benchmarks/results/gpu_decoder_micro_h100_2026-11-24_tc*.json).
 LARGE_BATCH = TritonConfig(
-    block_b=16, block_n=32, block_h=16, block_j=32, num_warps=4, tensor_cores=True, dot_k=128
+    block_b=16, block_n=32, block_h=32, block_j=32, num_warps=4, tensor_cores=True, dot_k=128
 )
 TENSOR_CORE_BATCH = 8
 
