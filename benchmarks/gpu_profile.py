@@ -41,6 +41,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "fused_qkv": False,
     },
+    "graphs_triton_eager_subsampling": {  # the subsampling's first stage as eager modules
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "fused_subsampling": False,
+    },
     "graphs_triton_steps": {  # the Triton step kernels in graphs instead of the loop kernel
         "compile_decoder": False,
         "compile_encoder": False,
@@ -74,6 +80,7 @@ def runner(
     fp32_decoder: bool = False,
     loop: bool = True,
     fused_qkv: bool = True,
+    fused_subsampling: bool = True,
 ) -> CudaRunner:
     if triton:
         import budgie.triton_encoder
@@ -94,6 +101,7 @@ def runner(
 
         made.triton_decoder = Float32Weights
     made.fused_encoder = fused
+    made.fused_subsampling = fused_subsampling
     return made
 
 

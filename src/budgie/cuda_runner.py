@@ -35,7 +35,7 @@ from torch import Tensor
 
 from budgie.audio import PCM16_SCALE, stack_padded, to_float32
 from budgie.decoding import Hypothesis
-from budgie.encoder import ConformerLayer, LayerRunner, keep_position_bias_eager
+from budgie.encoder import ConformerLayer, FirstStage, LayerRunner, keep_position_bias_eager
 from budgie.gpu_decoding import (
     GraphedStepDecoder,
     StepDecoder,
@@ -118,6 +118,14 @@ def fused_layer_runner(network: ParakeetTDT) -> LayerRunner | None:
     if network.encoder.matmul_dtype == torch.float32:
         return None
     return cast("LayerRunner | None", _triton_part("budgie.triton_encoder", "fused_layer"))
+
+
+def fused_first_stage(network: ParakeetTDT) -> FirstStage | None:
+    """The fused first subsampling stage (triton_subsampling.py) for 16-bit encoder weights;
+    None in float32 or without Triton, as for the fused layers."""
+    if network.encoder.matmul_dtype == torch.float32:
+        return None
+    return cast("FirstStage | None", _triton_part("budgie.triton_subsampling", "first_stage"))
 
 
 def compiled_layer_runner() -> LayerRunner:
@@ -239,7 +247,12 @@ class PinnedStaging:
 
 class _EncoderGraph:
     def __init__(
-        self, network: ParakeetTDT, batch: int, frames: int, run_layer: LayerRunner | None
+        self,
+        network: ParakeetTDT,
+        batch: int,
+        frames: int,
+        run_layer: LayerRunner | None,
+        first_stage: FirstStage | None = None,
     ) -> None:
         cfg = network.cfg
         device = next(network.parameters()).device
@@ -249,7 +262,7 @@ class _EncoderGraph:
 
         def encode() -> None:
             self.out, self.out_lengths = network.encoder(
-                self.features, self.lengths, True, run_layer
+                self.features, self.lengths, True, run_layer, first_stage
             )
 
         _capture(self.graph, encode)
@@ -286,6 +299,7 @@ class CudaRunner:
         self.triton_decoder = triton_step_decoder()
         self.loop_decoder = loop_decoder()
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
+        self.fused_subsampling = True  # and the fused first subsampling stage with them
         self._layer_runner: LayerRunner | None = None
         self._frontends: dict[tuple[int, int, torch.dtype], _FrontendGraph] = {}
         self._staging = PinnedStaging()
@@ -339,8 +353,10 @@ class CudaRunner:
                 self._layer_runner = compiled_layer_runner()
             elif self._layer_runner is None and self.fused_encoder:
                 self._layer_runner = fused_layer_runner(net)
+            fuse_first = self.fused_subsampling and self.fused_encoder and not self.compile_encoder
+            first_stage = fused_first_stage(net) if fuse_first else None
             try:
-                graph = _EncoderGraph(net, *key, self._layer_runner)
+                graph = _EncoderGraph(net, *key, self._layer_runner, first_stage)
             except Exception as exc:  # e.g. Triton cannot build here: eager layers instead
                 if self.compile_encoder or not self.fused_encoder:
                     raise

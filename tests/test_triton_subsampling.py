@@ -1,0 +1,136 @@
+"""The fused first subsampling stage (triton_subsampling.py) against the eager module in 16 bits.
+
+Runs where Triton can run: on CUDA, or on the CPU with TRITON_INTERPRET=1 (set before Python
+starts); skipped elsewhere (the project's CI has no Triton). The kernel rounds where the eager
+module rounds but sums in another order, so 16-bit results are compared as in
+test_triton_encoder: one 16-bit step apart on few values (the interpreter truncates where the
+GPU rounds: there on many).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not (torch.cuda.is_available() or INTERPRET):
+    pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+from budgie.encoder import ConformerEncoder, ConvSubsampling, time_mask  # noqa: E402
+from budgie.triton_subsampling import first_stage  # noqa: E402
+from conftest import SynthModels  # noqa: E402
+from test_triton_encoder import OFF_BY_A_STEP  # noqa: E402
+
+DEVICE = torch.device("cpu" if INTERPRET else "cuda")
+# Five rounding points in a row: the interpreter's truncations (the GPU rounds to nearest) can
+# add up to a few steps more than on the GPU.
+STEPS = 8 if INTERPRET else 3
+
+
+def close_half(want: torch.Tensor, got: torch.Tensor, share: float = OFF_BY_A_STEP) -> None:
+    """As test_triton_encoder.close_half, with STEPS 16-bit steps allowed."""
+    assert want.dtype == got.dtype and want.shape == got.shape
+    diff = (want.float() - got.float()).abs()
+    typical = want.float().pow(2).mean().sqrt()
+    step = torch.maximum(want.float().abs(), typical) * 2**-7
+    assert bool((diff <= STEPS * step).all()), float((diff / step).max())
+    assert float((diff > 0).float().mean()) <= share
+
+
+LENGTHS = [[37, 37], [37, 20, 1]]  # odd frame counts: the last output sees the zero padding
+
+
+@pytest.fixture(params=[torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def encoder(request: pytest.FixtureRequest, synth_models: SynthModels) -> ConformerEncoder:
+    encoder = copy.deepcopy(synth_models.model("tiny").network.encoder).to(DEVICE)
+    encoder.set_matmul_dtype(request.param)
+    sub = encoder.pre_encode
+    with torch.no_grad():  # biases large enough that ReLU cuts and masks matter
+        for conv in (sub.conv[0], sub.conv[2]):
+            assert isinstance(conv, torch.nn.Conv2d) and conv.bias is not None
+            conv.bias.uniform_(-0.5, 0.5)
+    return encoder
+
+
+def features_for(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(len(lengths), 128, max(lengths), generator=gen)
+    return features.to(DEVICE), torch.tensor(lengths, device=DEVICE)
+
+
+def reference(sub: ConvSubsampling, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The eager module's rounding points with float32 sums (what the kernel computes, up to
+    the order of the 9-term sums)."""
+    conv1, dw = sub.conv[0], sub.conv[2]
+    assert isinstance(conv1, torch.nn.Conv2d) and isinstance(dw, torch.nn.Conv2d)
+    assert conv1.bias is not None and dw.bias is not None
+    dt = conv1.weight.dtype
+    x = features.transpose(1, 2).unsqueeze(1).to(dt).float()
+    x = x * time_mask(lengths, x.shape[2])[:, None, :, None]
+    y = F.conv2d(x, conv1.weight.float(), None, 2, 1).to(dt).float()
+    y = y + conv1.bias.float()[:, None, None]
+    y = y.to(dt).float().clamp(min=0)
+    lengths2 = (lengths - 1) // 2 + 1
+    y = y * time_mask(lengths2, y.shape[2])[:, None, :, None]
+    out = F.conv2d(y, dw.weight.float(), None, 2, 1, 1, dw.in_channels).to(dt).float()
+    return (out + dw.bias.float()[:, None, None]).to(dt)
+
+
+def eager(sub: ConvSubsampling, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The module's own first three layers with its masks (as ConvSubsampling.forward runs)."""
+    dt = sub.out.weight.dtype
+    x = features.transpose(1, 2).unsqueeze(1).to(dt)
+    x = sub.conv[0](x * time_mask(lengths, x.shape[2])[:, None, :, None].to(dt))
+    x = sub.conv[1](x)
+    lengths2 = (lengths - 1) // 2 + 1
+    out: torch.Tensor = sub.conv[2](x * time_mask(lengths2, x.shape[2])[:, None, :, None].to(dt))
+    return out
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+def test_first_stage_matches_the_eager_layers(
+    encoder: ConformerEncoder, lengths: list[int]
+) -> None:
+    sub = encoder.pre_encode
+    features, lens = features_for(lengths)
+    with torch.no_grad():
+        got, got_lengths = first_stage(sub, features, lens)
+        want = reference(sub, features, lens)
+        module = eager(sub, features, lens)
+    assert got.dtype == sub.out.weight.dtype and got.shape == want.shape
+    assert got_lengths.tolist() == [(((n - 1) // 2 + 1) - 1) // 2 + 1 for n in lengths]
+    close_half(want.contiguous(), got)
+    close_half(module.contiguous(), got, share=1.0)  # cuDNN/CPU round bias adds their own way
+
+
+def test_padding_and_masked_frames_do_not_leak(encoder: ConformerEncoder) -> None:
+    """Frames past an input's length (set to anything) change none of its outputs."""
+    sub = encoder.pre_encode
+    features, lens = features_for([37, 20])
+    noisy = features.clone()
+    noisy[1, :, 20:] = 100.0
+    with torch.no_grad():
+        clean, _ = first_stage(sub, features, lens)
+        got, _ = first_stage(sub, noisy, lens)
+    assert torch.equal(clean, got)
+    assert got.shape[2] == 10 and got[1, :, 5:].abs().sum() > 0  # the depthwise bias is there
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+def test_encoder_with_the_fused_first_stage(encoder: ConformerEncoder, lengths: list[int]) -> None:
+    """The whole encoder with and without the fused stage: the same lengths, outputs within
+    16-bit noise (a step in the first stage moves the rest a little)."""
+    features, lens = features_for(lengths, seed=1)
+    with torch.no_grad():
+        want, want_lengths = encoder(features, lens, True)
+        got, got_lengths = encoder(features, lens, True, None, first_stage)
+    assert torch.equal(got_lengths, want_lengths)
+    valid = time_mask(want_lengths, want.shape[1])
+    err = (got - want).abs()[valid].max()
+    assert float(err) <= 0.05 * float(want[valid].abs().max()), float(err)
+    assert not torch.equal(got, want) or INTERPRET  # the fused path really ran (GPU rounding)
