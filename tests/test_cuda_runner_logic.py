@@ -126,7 +126,7 @@ def test_fused_encoder_layers_only_in_16_bit(
 
     network = copy.deepcopy(synth_models.model("tiny").network)
     assert cuda_runner.fused_layer_runner(network) is None
-    assert cuda_runner.fused_first_stage(network) is None
+    assert cuda_runner.fused_subsampling(network) is None
     network.encoder.fold_batch_norms()
     network.encoder.set_matmul_dtype(torch.bfloat16)
     try:
@@ -136,16 +136,16 @@ def test_fused_encoder_layers_only_in_16_bit(
     except ImportError:
         has_triton = False
     runner = cuda_runner.fused_layer_runner(network)
-    first_stage = cuda_runner.fused_first_stage(network)
+    first_stage = cuda_runner.fused_subsampling(network)
     assert (runner is not None) == (first_stage is not None) == has_triton
     if has_triton:
         from budgie.triton_encoder import fused_layer
-        from budgie.triton_subsampling import first_stage as fused_stage
+        from budgie.triton_subsampling import fused_stages
 
-        assert runner is fused_layer and first_stage is fused_stage
+        assert runner is fused_layer and first_stage is fused_stages
     monkeypatch.setenv("BUDGIE_TRITON", "0")
     assert cuda_runner.fused_layer_runner(network) is None
-    assert cuda_runner.fused_first_stage(network) is None
+    assert cuda_runner.fused_subsampling(network) is None
 
 
 class _FakeTriton(StepDecoder):

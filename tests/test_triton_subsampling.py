@@ -1,4 +1,4 @@
-"""The fused first subsampling stage (triton_subsampling.py) against the eager module in 16 bits.
+"""The fused subsampling kernels (triton_subsampling.py) against the eager module in 16 bits.
 
 Runs where Triton can run: on CUDA, or on the CPU with TRITON_INTERPRET=1 (set before Python
 starts); skipped elsewhere (the project's CI has no Triton). The kernel rounds where the eager
@@ -22,7 +22,7 @@ if not (torch.cuda.is_available() or INTERPRET):
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
 from budgie.encoder import ConformerEncoder, ConvSubsampling, time_mask  # noqa: E402
-from budgie.triton_subsampling import first_stage  # noqa: E402
+from budgie.triton_subsampling import fused_stages  # noqa: E402
 from conftest import SynthModels  # noqa: E402
 from test_triton_encoder import OFF_BY_A_STEP  # noqa: E402
 
@@ -51,7 +51,9 @@ def encoder(request: pytest.FixtureRequest, synth_models: SynthModels) -> Confor
     encoder.set_matmul_dtype(request.param)
     sub = encoder.pre_encode
     with torch.no_grad():  # biases large enough that ReLU cuts and masks matter
-        for conv in (sub.conv[0], sub.conv[2]):
+        for conv in sub.conv:
+            if not isinstance(conv, torch.nn.Conv2d):
+                continue
             assert isinstance(conv, torch.nn.Conv2d) and conv.bias is not None
             conv.bias.uniform_(-0.5, 0.5)
     return encoder
@@ -63,47 +65,52 @@ def features_for(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch
     return features.to(DEVICE), torch.tensor(lengths, device=DEVICE)
 
 
-def reference(sub: ConvSubsampling, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The eager module's rounding points with float32 sums (what the kernel computes, up to
-    the order of the 9-term sums)."""
-    conv1, dw = sub.conv[0], sub.conv[2]
-    assert isinstance(conv1, torch.nn.Conv2d) and isinstance(dw, torch.nn.Conv2d)
-    assert conv1.bias is not None and dw.bias is not None
-    dt = conv1.weight.dtype
+def reference(
+    sub: ConvSubsampling, features: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager module's rounding points with float32 sums, up to its last depthwise
+    convolution (what the kernels compute, up to the order of the 9-term sums)."""
+    convs = [m for m in sub.conv if isinstance(m, torch.nn.Conv2d)]
+    dt = convs[0].weight.dtype
     x = features.transpose(1, 2).unsqueeze(1).to(dt).float()
-    x = x * time_mask(lengths, x.shape[2])[:, None, :, None]
-    y = F.conv2d(x, conv1.weight.float(), None, 2, 1).to(dt).float()
-    y = y + conv1.bias.float()[:, None, None]
-    y = y.to(dt).float().clamp(min=0)
-    lengths2 = (lengths - 1) // 2 + 1
-    y = y * time_mask(lengths2, y.shape[2])[:, None, :, None]
-    out = F.conv2d(y, dw.weight.float(), None, 2, 1, 1, dw.in_channels).to(dt).float()
-    return (out + dw.bias.float()[:, None, None]).to(dt)
+    for conv in convs[:-1]:
+        assert conv.bias is not None
+        bias = conv.bias.float()[:, None, None]
+        if conv.kernel_size != (1, 1):  # the pad mask before each time-mixing convolution
+            x = x * time_mask(lengths, x.shape[2])[:, None, :, None]
+            lengths = (lengths - 1) // 2 + 1
+        groups = conv.in_channels if conv.groups > 1 else 1
+        x = F.conv2d(x, conv.weight.float(), None, conv.stride, conv.padding, 1, groups)
+        x = (x.to(dt).float() + bias).to(dt).float()
+        if conv.groups == 1:  # ReLU after the first convolution and each 1x1 (not depthwise)
+            x = x.clamp(min=0)
+    return x.to(dt), lengths
 
 
 def eager(sub: ConvSubsampling, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The module's own first three layers with its masks (as ConvSubsampling.forward runs)."""
+    """The module's own layers up to the last depthwise convolution, masked as in forward."""
     dt = sub.out.weight.dtype
     x = features.transpose(1, 2).unsqueeze(1).to(dt)
-    x = sub.conv[0](x * time_mask(lengths, x.shape[2])[:, None, :, None].to(dt))
-    x = sub.conv[1](x)
-    lengths2 = (lengths - 1) // 2 + 1
-    out: torch.Tensor = sub.conv[2](x * time_mask(lengths2, x.shape[2])[:, None, :, None].to(dt))
-    return out
+    for layer in list(sub.conv)[:-2]:
+        if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size != (1, 1):
+            x = x * time_mask(lengths, x.shape[2])[:, None, :, None].to(dt)
+            lengths = (lengths - 1) // 2 + 1
+        x = layer(x)
+    return x
 
 
 @pytest.mark.parametrize("lengths", LENGTHS)
-def test_first_stage_matches_the_eager_layers(
-    encoder: ConformerEncoder, lengths: list[int]
-) -> None:
+def test_fused_stages_match_the_eager_layers(encoder: ConformerEncoder, lengths: list[int]) -> None:
     sub = encoder.pre_encode
+    assert sub.num_halvings == 3  # two fused depthwise stages
     features, lens = features_for(lengths)
     with torch.no_grad():
-        got, got_lengths = first_stage(sub, features, lens)
-        want = reference(sub, features, lens)
+        got, got_lengths = fused_stages(sub, features, lens)
+        want, want_lengths = reference(sub, features, lens)
         module = eager(sub, features, lens)
-    assert got.dtype == sub.out.weight.dtype and got.shape == want.shape
-    assert got_lengths.tolist() == [(((n - 1) // 2 + 1) - 1) // 2 + 1 for n in lengths]
+    assert got.dtype == sub.out.weight.dtype and got.shape == want.shape == module.shape
+    assert torch.equal(got_lengths, want_lengths)
+    assert got_lengths.tolist() == [-(-n // 8) for n in lengths]
     close_half(want.contiguous(), got)
     close_half(module.contiguous(), got, share=1.0)  # cuDNN/CPU round bias adds their own way
 
@@ -115,10 +122,10 @@ def test_padding_and_masked_frames_do_not_leak(encoder: ConformerEncoder) -> Non
     noisy = features.clone()
     noisy[1, :, 20:] = 100.0
     with torch.no_grad():
-        clean, _ = first_stage(sub, features, lens)
-        got, _ = first_stage(sub, noisy, lens)
+        clean, _ = fused_stages(sub, features, lens)
+        got, _ = fused_stages(sub, noisy, lens)
     assert torch.equal(clean, got)
-    assert got.shape[2] == 10 and got[1, :, 5:].abs().sum() > 0  # the depthwise bias is there
+    assert got.shape[2] == 5 and got[1, :, 3:].abs().sum() > 0  # the depthwise bias is there
 
 
 @pytest.mark.parametrize("lengths", LENGTHS)
@@ -128,7 +135,7 @@ def test_encoder_with_the_fused_first_stage(encoder: ConformerEncoder, lengths: 
     features, lens = features_for(lengths, seed=1)
     with torch.no_grad():
         want, want_lengths = encoder(features, lens, True)
-        got, got_lengths = encoder(features, lens, True, None, first_stage)
+        got, got_lengths = encoder(features, lens, True, None, fused_stages)
     assert torch.equal(got_lengths, want_lengths)
     valid = time_mask(want_lengths, want.shape[1])
     err = (got - want).abs()[valid].max()

@@ -35,7 +35,12 @@ from torch import Tensor
 
 from budgie.audio import PCM16_SCALE, stack_padded, to_float32
 from budgie.decoding import Hypothesis
-from budgie.encoder import ConformerLayer, FirstStage, LayerRunner, keep_position_bias_eager
+from budgie.encoder import (
+    ConformerLayer,
+    FusedSubsampling,
+    LayerRunner,
+    keep_position_bias_eager,
+)
 from budgie.gpu_decoding import (
     GraphedStepDecoder,
     StepDecoder,
@@ -120,12 +125,13 @@ def fused_layer_runner(network: ParakeetTDT) -> LayerRunner | None:
     return cast("LayerRunner | None", _triton_part("budgie.triton_encoder", "fused_layer"))
 
 
-def fused_first_stage(network: ParakeetTDT) -> FirstStage | None:
-    """The fused first subsampling stage (triton_subsampling.py) for 16-bit encoder weights;
-    None in float32 or without Triton, as for the fused layers."""
+def fused_subsampling(network: ParakeetTDT) -> FusedSubsampling | None:
+    """The fused subsampling kernels (triton_subsampling.py) for 16-bit encoder weights; None
+    in float32 or without Triton, as for the fused layers."""
     if network.encoder.matmul_dtype == torch.float32:
         return None
-    return cast("FirstStage | None", _triton_part("budgie.triton_subsampling", "first_stage"))
+    part = _triton_part("budgie.triton_subsampling", "fused_stages")
+    return cast("FusedSubsampling | None", part)
 
 
 def compiled_layer_runner() -> LayerRunner:
@@ -252,7 +258,7 @@ class _EncoderGraph:
         batch: int,
         frames: int,
         run_layer: LayerRunner | None,
-        first_stage: FirstStage | None = None,
+        subsampling: FusedSubsampling | None = None,
     ) -> None:
         cfg = network.cfg
         device = next(network.parameters()).device
@@ -262,7 +268,7 @@ class _EncoderGraph:
 
         def encode() -> None:
             self.out, self.out_lengths = network.encoder(
-                self.features, self.lengths, True, run_layer, first_stage
+                self.features, self.lengths, True, run_layer, subsampling
             )
 
         _capture(self.graph, encode)
@@ -299,7 +305,7 @@ class CudaRunner:
         self.triton_decoder = triton_step_decoder()
         self.loop_decoder = loop_decoder()
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
-        self.fused_subsampling = True  # and the fused first subsampling stage with them
+        self.fused_subsampling = True  # and the fused subsampling kernels with them
         self._layer_runner: LayerRunner | None = None
         self._frontends: dict[tuple[int, int, torch.dtype], _FrontendGraph] = {}
         self._staging = PinnedStaging()
@@ -353,10 +359,10 @@ class CudaRunner:
                 self._layer_runner = compiled_layer_runner()
             elif self._layer_runner is None and self.fused_encoder:
                 self._layer_runner = fused_layer_runner(net)
-            fuse_first = self.fused_subsampling and self.fused_encoder and not self.compile_encoder
-            first_stage = fused_first_stage(net) if fuse_first else None
+            fuse = self.fused_subsampling and self.fused_encoder and not self.compile_encoder
+            subsampling = fused_subsampling(net) if fuse else None
             try:
-                graph = _EncoderGraph(net, *key, self._layer_runner, first_stage)
+                graph = _EncoderGraph(net, *key, self._layer_runner, subsampling)
             except Exception as exc:  # e.g. Triton cannot build here: eager layers instead
                 if self.compile_encoder or not self.fused_encoder:
                     raise

@@ -58,15 +58,15 @@ class ConvSubsampling(nn.Module):
         self.out = nn.Linear(channels * freq, cfg.d_model)
 
     def forward(
-        self, features: Tensor, lengths: Tensor, first_stage: FirstStage | None = None
+        self, features: Tensor, lengths: Tensor, fused: FusedSubsampling | None = None
     ) -> tuple[Tensor, Tensor]:
         """features [B, F, T] -> [B, T', d_model]; padded time zeroed before each convolution.
-        ``first_stage(self, features, lengths)`` replaces the first convolution, its ReLU and
-        the depthwise convolution after it (a fused kernel: triton_subsampling.py)."""
+        ``fused(self, features, lengths)`` replaces every layer up to the last depthwise
+        convolution (fused kernels: triton_subsampling.py)."""
         layers = list(self.conv)
-        if first_stage is not None and self.num_halvings >= 2:
-            x, lengths = first_stage(self, features, lengths)  # [B, C, T/4, F/4]
-            layers = layers[3:]
+        if fused is not None and self.num_halvings >= 2:
+            x, lengths = fused(self, features, lengths)
+            layers = layers[-2:]  # the last pointwise convolution and its ReLU
         else:
             x = features.transpose(1, 2).unsqueeze(1).to(self.out.weight.dtype)  # [B, 1, T, F]
         mask = time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
@@ -281,8 +281,8 @@ class ConformerLayer(nn.Module):
 
 
 LayerRunner = Callable[[ConformerLayer, Tensor, Tensor, "Tensor | None"], Tensor]
-# (module, features [B, F, T], lengths) -> (first stage's output [B, C, T/4, F/4], lengths)
-FirstStage = Callable[[ConvSubsampling, Tensor, Tensor], tuple[Tensor, Tensor]]
+# (module, features [B, F, T], lengths) -> (the last depthwise convolution's output, lengths)
+FusedSubsampling = Callable[[ConvSubsampling, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class ConformerEncoder(nn.Module):
@@ -354,12 +354,12 @@ class ConformerEncoder(nn.Module):
         lengths: Tensor,
         always_mask: bool = False,
         run_layer: LayerRunner | None = None,
-        first_stage: FirstStage | None = None,
+        fused_subsampling: FusedSubsampling | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``always_mask`` skips the host-side "is anything padded?" check (CUDA graphs);
         ``run_layer(layer, x, positions, valid)`` replaces ``layer(...)`` (a compiled layer);
-        ``first_stage`` replaces the subsampling's first stage (ConvSubsampling.forward)."""
-        x, lengths = self.pre_encode(features.float(), lengths, first_stage)
+        ``fused_subsampling``: fused subsampling kernels (ConvSubsampling.forward)."""
+        x, lengths = self.pre_encode(features.float(), lengths, fused_subsampling)
         if self.xscale is not None:
             x = x * self.xscale
         t = x.shape[1]
