@@ -31,7 +31,13 @@ from torch import Tensor, nn
 
 from budgie.encoder import ConvSubsampling, subsampled_length, time_mask
 
-TIME_BLOCK = 32  # output frames per program (x all output frequencies, one channel)
+# Output frames per program (x all output frequencies, one channel) and warps: the fastest of
+# 11 tilings on an H100 (benchmarks/results/gpu_subsampling_micro_h100_2026-11-24*.json; time
+# grew with the frames per program from 4 on): at batch 64 x 30 s 2.35 ms for the first stage
+# and 0.97 for the second vs 15.2 and 3.8 for the eager passes; at batch 1 x 20 s 0.06 + 0.06
+# vs 0.18 + 0.13.
+TIME_BLOCK = 4
+NUM_WARPS = 1
 
 
 @triton.jit
@@ -79,7 +85,7 @@ def relu_mask_depthwise(y: Tensor, lengths: Tensor, bias: Tensor, depthwise: nn.
     _relu_mask_depthwise_kernel[grid](
         y, lengths, bias, depthwise.weight, depthwise.bias, out,
         channels, t2, f2, t4, f4,
-        BT=TIME_BLOCK, BF=triton.next_power_of_2(f4), num_warps=4,
+        BT=TIME_BLOCK, BF=triton.next_power_of_2(f4), num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
 
