@@ -38,9 +38,8 @@ import triton
 import triton.language as tl
 
 from budgie.transducer import Decoder, Joint
-from budgie.triton_decoding import (
-    TritonConfig,
-    TritonStepDecoder,
+from budgie.triton_decoding import TritonConfig, TritonStepDecoder
+from budgie.triton_tiles import (
     _advance,
     _argmax_rows,
     _duration,
