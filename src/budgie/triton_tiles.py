@@ -30,6 +30,20 @@ def _split_dot(v, w_t, acc):
 
 
 @triton.jit
+def _weight_product(acc, v, w_ptr, outs, out_ok, ks, k_ok, K, DOT: tl.constexpr):
+    """acc + v @ W[outs, ks]^T for activations v [rows, ks] (float32) and the row-major weight
+    W (K columns): on tensor cores with DOT (a transposed [ks, outs] tile), else as a
+    float32 broadcast product on CUDA cores."""
+    if DOT:
+        w_t_mask = k_ok[:, None] & out_ok[None, :]
+        w_t = tl.load(w_ptr + outs[None, :] * K + ks[:, None], mask=w_t_mask, other=0.0)
+        return _split_dot(v, w_t, acc)
+    w_mask = out_ok[:, None] & k_ok[None, :]
+    w = tl.load(w_ptr + outs[:, None] * K + ks[None, :], mask=w_mask, other=0.0)
+    return acc + tl.sum(v[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+
+
+@triton.jit
 def _joint_tile(
     enc_ptr, enc_rows, pred_ptr, pred_rows, rows, row_ok, w_ptr, bias_ptr, logits_ptr, cols, J, N,
     BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr = False,
@@ -48,14 +62,7 @@ def _joint_tile(
         pred_at = pred_ptr + pred_rows[:, None] * J + ks[None, :]
         pred = tl.load(pred_at, mask=m, other=0.0, cache_modifier=".cg")
         hidden = tl.maximum(enc + pred, 0.0)
-        if DOT:
-            w_t_mask = k_ok[:, None] & col_ok[None, :]
-            w_t = tl.load(w_ptr + cols[None, :] * J + ks[:, None], mask=w_t_mask, other=0.0)
-            acc = _split_dot(hidden, w_t, acc)
-        else:
-            w_mask = col_ok[:, None] & k_ok[None, :]
-            w = tl.load(w_ptr + cols[:, None] * J + ks[None, :], mask=w_mask, other=0.0)
-            acc += tl.sum(hidden[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+        acc = _weight_product(acc, hidden, w_ptr, cols, col_ok, ks, k_ok, J, DOT)
     acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
     out = logits_ptr + rows[:, None] * N + cols[None, :]
     tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
@@ -176,13 +183,6 @@ def _project_tile(
         k_ok = ks < H
         top_at = top_ptr + rows[:, None] * H + ks[None, :]
         v = tl.load(top_at, mask=emit[:, None] & k_ok[None, :], other=0.0, cache_modifier=".cg")
-        if DOT:
-            w_t_mask = k_ok[:, None] & j_ok[None, :]
-            w_t = tl.load(w_ptr + js[None, :] * H + ks[:, None], mask=w_t_mask, other=0.0)
-            acc = _split_dot(v, w_t, acc)
-        else:
-            w_mask = j_ok[:, None] & k_ok[None, :]
-            w = tl.load(w_ptr + js[:, None] * H + ks[None, :], mask=w_mask, other=0.0)
-            acc += tl.sum(v[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+        acc = _weight_product(acc, v, w_ptr, js, j_ok, ks, k_ok, H, DOT)
     acc += tl.load(bias_ptr + js, mask=j_ok, other=0.0)[None, :]
     tl.store(pred_ptr + rows[:, None] * J + js[None, :], acc, mask=emit[:, None] & j_ok[None, :])
