@@ -41,6 +41,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "fused_qkv": False,
     },
+    "graphs_triton_sdpa": {  # attention as query/position/bias kernels + cuDNN SDPA
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "flash_attention": False,
+    },
     "graphs_triton_eager_subsampling": {  # the subsampling's first stage as eager modules
         "compile_decoder": False,
         "compile_encoder": False,
@@ -81,11 +87,13 @@ def runner(
     loop: bool = True,
     fused_qkv: bool = True,
     fused_subsampling: bool = True,
+    flash_attention: bool = True,
 ) -> CudaRunner:
     if triton:
         import budgie.triton_encoder
 
         budgie.triton_encoder.FUSED_QKV = fused_qkv
+        budgie.triton_encoder.FLASH_ATTENTION = flash_attention
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton or not loop or fp32_decoder:
         made.loop_decoder = None

@@ -138,6 +138,8 @@ def test_glu_depthwise_matches_the_eager_convolution(
 def test_fused_layer_matches_the_eager_layer(
     synth_models: SynthModels, dtype: torch.dtype, lengths: list[int]
 ) -> None:
+    if INTERPRET and dtype == torch.bfloat16:
+        pytest.skip("attention's tl.dot in bf16 is wrong in the interpreter (numpy has no bf16)")
     encoder = half_encoder(synth_models, dtype)
     layer = encoder.layers[1]
     assert isinstance(layer, ConformerLayer)

@@ -42,6 +42,7 @@ from budgie.encoder import (
     FeedForward,
     RelPositionMultiHeadAttention,
 )
+from budgie.triton_attention import relative_attention
 
 ROWS_PER_PROGRAM = 4  # LayerNorm rows per program
 TIME_BLOCK = 16  # frames per program of the depthwise kernel
@@ -53,6 +54,9 @@ MERGE_COLUMNS = 256  # channels per program of the head-merging kernel
 
 # q, k and v from one GEMM of the concatenated weights (False: three GEMMs, for comparison).
 FUSED_QKV = True
+# Attention after the QKV GEMM as one flash kernel with the position term inside
+# (triton_attention.py); False: the query, position-GEMM, bias, SDPA and merge kernels.
+FLASH_ATTENTION = True
 
 
 @triton.jit
@@ -277,6 +281,10 @@ def fused_attention(
     steps as 3 kernels with the module's roundings."""
     b, t, _ = y.shape
     d = attn.h * attn.d_k
+    if FLASH_ATTENTION:
+        qkv = F.linear(y, *qkv_weights(attn))
+        flash: Tensor = attn.linear_out(relative_attention(attn, qkv, positions, valid))
+        return flash
     if FUSED_QKV:
         qkv = F.linear(y, *qkv_weights(attn))
         q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
