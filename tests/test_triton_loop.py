@@ -4,10 +4,13 @@ Runs where Triton can run: on CUDA (many programs meeting at grid barriers), or 
 TRITON_INTERPRET=1 (one program: the interpreter runs programs one after another). Elsewhere the
 module is skipped. The loop kernel uses the step kernels' tiles, so with the same tiling its
 tokens, frames, durations and step counts must equal TritonStepDecoder's exactly, and the torch
-StepDecoder's (a float32 near-tie aside, which these inputs do not have).
+StepDecoder's (a float32 near-tie aside, which these inputs do not have); the prediction after
+the last emission, which every LSTM layer's state feeds, must agree to float32 rounding.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ pytest.importorskip("triton")
 
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
 from budgie.model import ParakeetTDT
+from budgie.transducer import Decoder
 from budgie.triton_decoding import TritonStepDecoder
 from budgie.triton_loop import LOOP_MAX_BATCH, LoopConfig, LoopDecoder
 from conftest import SynthModels
@@ -86,12 +90,50 @@ def test_loop_decodes_as_the_step_machines(
         want = outcome(decode_with_steps(ref, enc, lens, None))
         assert outcome(decode_with_steps(tri, enc, lens, None)) == want
         assert outcome(decode_with_steps(loop, enc, lens, None)) == want, (lengths, seed)
+        rows = len(lengths)
+        torch.testing.assert_close(
+            loop.pred_proj[:rows], ref.pred_proj[:rows], rtol=1e-4, atol=1e-5
+        )
         assert [h[3] > 0 for h in want] == [n > 0 for n in lengths]
         emitted += sum(len(h[0]) for h in want)
         capped = capped or any(  # the cap: MAX_SYMBOLS labels on a frame, then the frame moves on
             h[1][i] == h[1][i + MAX_SYMBOLS - 1] for h in want for i in range(len(h[1]) - 1)
         )
     assert emitted >= 20 and capped
+
+
+def other_depth(net: ParakeetTDT, layers: int) -> tuple[Decoder, ParakeetTDT]:
+    """A prediction network of ``layers`` LSTM layers (seeded default init) for ``net``'s
+    joint, on its device."""
+    cfg = net.cfg
+    cfg = dataclasses.replace(
+        cfg, prediction=dataclasses.replace(cfg.prediction, pred_rnn_layers=layers)
+    )
+    torch.manual_seed(layers)
+    device = next(net.parameters()).device
+    return Decoder(cfg).to(device), net
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("device", DEVICES)
+def test_loop_decodes_other_depths(synth_models: SynthModels, device: str, layers: int) -> None:
+    """One LSTM layer (its own phase before the projection) and three (a layer whose input
+    comes from memory): the torch machine's hypotheses."""
+    decoder, net = other_depth(network(synth_models, device), layers)
+    dev = torch.device(device)
+    args = (decoder, net.joint, 4, 20, net.cfg.decoding.durations, MAX_SYMBOLS, dev)
+    ref, loop = StepDecoder(*args), LoopDecoder(*args)
+    emitted = 0
+    for lengths, scale, seed in BATCHES:
+        enc, lens = random_enc_proj(net, lengths, max(lengths), scale, seed, device)
+        want = outcome(decode_with_steps(ref, enc, lens, None))
+        assert outcome(decode_with_steps(loop, enc, lens, None)) == want, (lengths, seed)
+        rows = len(lengths)  # the prediction after the last emission: every layer's state feeds it
+        torch.testing.assert_close(
+            loop.pred_proj[:rows], ref.pred_proj[:rows], rtol=1e-4, atol=1e-5
+        )
+        emitted += sum(len(h[0]) for h in want)
+    assert emitted >= 20
 
 
 @pytest.mark.parametrize("device", DEVICES)
