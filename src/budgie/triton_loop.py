@@ -16,22 +16,15 @@ needs in order:
    phase evaluates each row's next W frames, and a row keeps taking steps from those logits
    while it gets blanks (a blank leaves the prediction as it is) until it emits or leaves the
    window: a run of blanks then costs one phase;
-3. one phase per LSTM layer above the first, hidden units split over programs. Layer 0 reads
-   no weight: its gates are the label's row of an input table (W_ih embed + biases, made once
-   per machine) plus the row's recurrent product G0 = W_hh h_old, left ready by the last
-   projection phase; every program recomputes the layer-0 units it needs (elementwise) instead
-   of waiting at a barrier for them, and the upper layers read only W_ih (their W_hh h + biases
-   are ready too). h and c alternate between two buffers (a non-emitting row's old state is
-   copied across), so no commit phase is needed; with one layer, layer 0's new state is stored
-   in a phase of its own;
-4. the prediction projection of the emitting rows and every layer's recurrent product for the
-   next emission (W_hh h_new + biases), split over programs.
+3. one phase per LSTM layer, hidden units split over programs; h and c alternate between two
+   buffers (a non-emitting row's old state is copied across), so no commit phase is needed;
+4. the prediction projection of the emitting rows, split over programs.
 
-An emission costs L + 1 barriers (3 for the real models' 2 layers) instead of L + 2. The
-programs loop until every row is past its last frame; the host does not check anything in
-between. The joint and projection tiles are triton_decoding.py's; the LSTM sums run in another
-order than the step kernels' (input and recurrent halves apart), so a token can differ from
-theirs only at an argmax near-tie, as between any two float32 decoders. The kernel needs all of its programs resident at once: the grid is at most
+The programs loop until every row is past its last frame; the host does not check anything in
+between. The tiles are triton_decoding.py's: with the same tiling the arithmetic, and with it
+every token, equals TritonStepDecoder's (tested); LoopConfig's default tiles are larger, which
+sums in another order (a token can then differ only at an argmax near-tie, as between any two
+float32 decoders). The kernel needs all of its programs resident at once: the grid is at most
 the GPU's SM count, one program per SM. Triton's interpreter runs programs one after another, so
 there (tests on the CPU) the grid is a single program.
 """
@@ -51,9 +44,8 @@ from budgie.triton_tiles import (
     _argmax_rows,
     _duration,
     _joint_tile,
+    _lstm_tile,
     _project_tile,
-    _tanh,
-    _weight_product,
 )
 
 # Rows of a batch the loop kernel decodes: every program holds all rows' state in registers.
@@ -115,135 +107,14 @@ def _start_rows(dst_ptr, src_ptr, n, rows, row_ok, pid, P, BB: tl.constexpr, BC:
         )
 
 
-@triton.jit
-def _first_layer_units(
-    table_ptr, labels, g_ptr, c_ptr, rows, row_ok, ks, k_ok, H,
-):  # fmt: skip
-    """LSTM layer 0's new h, c for hidden units ``ks`` without reading a weight: its gates are
-    the label's row of the input table (W_ih embed + biases) plus the row's recurrent product
-    G0 = W_hh h_old, which the previous projection phase left ready. [BB, BK] each."""
-    m = row_ok[:, None] & k_ok[None, :]
-    t_at = table_ptr + labels.to(tl.int64)[:, None] * (4 * H) + ks[None, :]
-    g_at = g_ptr + rows[:, None] * (4 * H) + ks[None, :]
-    pre_i = tl.load(t_at, mask=m, other=0.0) + tl.load(
-        g_at, mask=m, other=0.0, cache_modifier=".cg"
-    )
-    pre_f = tl.load(t_at + H, mask=m, other=0.0) + tl.load(
-        g_at + H, mask=m, other=0.0, cache_modifier=".cg"
-    )
-    pre_g = tl.load(t_at + 2 * H, mask=m, other=0.0) + tl.load(
-        g_at + 2 * H, mask=m, other=0.0, cache_modifier=".cg"
-    )
-    pre_o = tl.load(t_at + 3 * H, mask=m, other=0.0) + tl.load(
-        g_at + 3 * H, mask=m, other=0.0, cache_modifier=".cg"
-    )
-    c_old = tl.load(
-        c_ptr + rows[:, None] * H + ks[None, :], mask=m, other=0.0, cache_modifier=".cg"
-    )
-    c = tl.sigmoid(pre_f) * c_old + tl.sigmoid(pre_i) * _tanh(pre_g)
-    return tl.sigmoid(pre_o) * _tanh(c), c
-
-
-@triton.jit
-def _keep_first_layer(
-    table_ptr, labels, g_ptr, h_ptr, c_ptr, h_out_ptr, c_out_ptr, rows, row_ok, emit, hs, H,
-):  # fmt: skip
-    """Store layer 0's new state for units ``hs``: the emitting rows' new h, c, the other valid
-    rows' old ones (the state buffers alternate)."""
-    h_ok = hs < H
-    h, c = _first_layer_units(table_ptr, labels, g_ptr, c_ptr, rows, emit, hs, h_ok, H)
-    m = row_ok[:, None] & h_ok[None, :]
-    state = rows[:, None] * H + hs[None, :]
-    h_old = tl.load(h_ptr + state, mask=m, other=0.0, cache_modifier=".cg")
-    c_old = tl.load(c_ptr + state, mask=m, other=0.0, cache_modifier=".cg")
-    tl.store(h_out_ptr + state, tl.where(emit[:, None], h, h_old), mask=m)
-    tl.store(c_out_ptr + state, tl.where(emit[:, None], c, c_old), mask=m)
-
-
-@triton.jit
-def _upper_layer_tile(
-    x_base, x_rows, table_ptr, labels, g0_ptr, c0_ptr,
-    w_ptr, g_ptr, h_ptr, c_ptr, h_out_ptr, c_out_ptr, rows, row_ok, emit, hs, H,
-    FROM_FIRST: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
-):  # fmt: skip
-    """An LSTM layer above the first for hidden units ``hs``: gates = W_ih x + G (this layer's
-    recurrent product and biases, left ready by the previous projection phase), so only the
-    input half of the weights is read. The input x is the layer below's new h: from memory, or
-    with FROM_FIRST computed here from layer 0's gates (_first_layer_units: every program
-    recomputes the units it needs instead of waiting at a barrier for them)."""
-    h_ok = hs < H
-    acc_i = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_f = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_g = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_o = tl.zeros([BB, BH], dtype=tl.float32)
-    gate = 2 * H * H  # elements per gate block of the packed [w_ih | w_hh] weight
-    for k0 in range(0, H, BK):
-        ks = k0 + tl.arange(0, BK)
-        k_ok = ks < H
-        if FROM_FIRST:
-            v, _ = _first_layer_units(table_ptr, labels, g0_ptr, c0_ptr, rows, emit, ks, k_ok, H)
-        else:
-            x_at = x_base + x_rows[:, None] + ks[None, :]
-            in_x = emit[:, None] & k_ok[None, :]
-            v = tl.load(x_at, mask=in_x, other=0.0, cache_modifier=".cg")
-        w_mask = h_ok[:, None] & k_ok[None, :]
-        w_rows = w_ptr + hs[:, None] * (2 * H) + ks[None, :]
-        w = tl.load(w_rows, mask=w_mask, other=0.0).to(tl.float32)
-        acc_i += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + gate, mask=w_mask, other=0.0).to(tl.float32)
-        acc_f += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0).to(tl.float32)
-        acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0).to(tl.float32)
-        acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-    m = row_ok[:, None] & h_ok[None, :]
-    g_at = g_ptr + rows[:, None] * (4 * H) + hs[None, :]
-    i = tl.sigmoid(acc_i + tl.load(g_at, mask=m, other=0.0, cache_modifier=".cg"))
-    f = tl.sigmoid(acc_f + tl.load(g_at + H, mask=m, other=0.0, cache_modifier=".cg"))
-    g = _tanh(acc_g + tl.load(g_at + 2 * H, mask=m, other=0.0, cache_modifier=".cg"))
-    o = tl.sigmoid(acc_o + tl.load(g_at + 3 * H, mask=m, other=0.0, cache_modifier=".cg"))
-    state = rows[:, None] * H + hs[None, :]
-    c_old = tl.load(c_ptr + state, mask=m, other=0.0, cache_modifier=".cg")
-    h_old = tl.load(h_ptr + state, mask=m, other=0.0, cache_modifier=".cg")
-    c = f * c_old + i * g
-    h = o * _tanh(c)
-    tl.store(c_out_ptr + state, tl.where(emit[:, None], c, c_old), mask=m)
-    tl.store(h_out_ptr + state, tl.where(emit[:, None], h, h_old), mask=m)
-
-
-@triton.jit
-def _recurrent_tile(
-    w_ptr, h_ptr, bias_ptr, g_ptr, rows, emit, cols, H,
-    BB: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-):  # fmt: skip
-    """G[rows, cols] = W_hh[cols] h_new + bias[cols] for the emitting rows: one layer's
-    recurrent product for the next emission (w_ptr: the packed weight's W_hh half, rows 2H
-    apart)."""
-    col_ok = cols < 4 * H
-    acc = tl.zeros([BB, BJ], dtype=tl.float32)
-    for k0 in range(0, H, BK):
-        ks = k0 + tl.arange(0, BK)
-        k_ok = ks < H
-        v = tl.load(
-            h_ptr + rows[:, None] * H + ks[None, :],
-            mask=emit[:, None] & k_ok[None, :],
-            other=0.0,
-            cache_modifier=".cg",
-        )
-        acc = _weight_product(acc, v, w_ptr, cols, col_ok, ks, k_ok, 2 * H, False)
-    acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
-    at = g_ptr + rows[:, None] * (4 * H) + cols[None, :]
-    tl.store(at, acc, mask=emit[:, None] & col_ok[None, :])
-
-
 @triton.jit(do_not_specialize=["B", "T"])  # one compiled kernel for every batch and length
 def _decode_loop_kernel(
     enc_ptr, len_ptr, start_pred_ptr, start_h_ptr, start_c_ptr,
-    start_g_ptr, w_out_ptr, b_out_ptr, w_pred_ptr, b_pred_ptr, table_ptr, w_lstm_ptr, b_rec_ptr,
-    dur_ptr, logits_ptr, pred_ptr, h_ptr, c_ptr, g_ptr, out_ptr, count_ptr, steps_ptr, time_ptr,
-    counter_ptr, B, T, J, H, N, NL, ND, L, BLANK, CAP, MAX_SYMBOLS,
-    BB: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr, BG: tl.constexpr,
-    BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr, BK_REC: tl.constexpr,
+    w_out_ptr, b_out_ptr, w_pred_ptr, b_pred_ptr, embed_ptr, w_lstm_ptr, b_lstm_ptr, dur_ptr,
+    logits_ptr, pred_ptr, h_ptr, c_ptr, out_ptr, count_ptr, steps_ptr, time_ptr, counter_ptr,
+    B, T, J, H, N, NL, ND, L, BLANK, CAP, MAX_SYMBOLS,
+    BB: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr,
+    BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
     W: tl.constexpr,
 ):  # fmt: skip
@@ -252,15 +123,12 @@ def _decode_loop_kernel(
     rows = tl.arange(0, BB)
     row_ok = rows < B
     layer_size = B * H  # h, c: [2 (alternating), L, B, H]
-    g_size = B * 4 * H  # recurrent products and biases G: [L, B, 4H]
     # Start state (the prediction after the start-of-sequence blank) into buffer 0.
     _start_rows(pred_ptr, start_pred_ptr, J, rows, row_ok, pid, P, BB, BC)
     for layer in range(L):
         at = layer * layer_size
         _start_rows(h_ptr + at, start_h_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
         _start_rows(c_ptr + at, start_c_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
-        g_at = g_ptr + layer * g_size
-        _start_rows(g_at, start_g_ptr + layer * 4 * H, 4 * H, rows, row_ok, pid, P, BB, BC)
     passed = 1
     _grid_sync(counter_ptr, passed, P)
 
@@ -322,64 +190,32 @@ def _decode_loop_kernel(
 
         if tl.max(emit.to(tl.int32), axis=0) > 0:
             new = 1 - old
-            h_old, c_old = h_ptr + old * L * layer_size, c_ptr + old * L * layer_size
-            h_new, c_new = h_ptr + new * L * layer_size, c_ptr + new * L * layer_size
-            if L == 1:  # layer 0 alone: store its new state, then the projection
+            for layer in range(L):
+                state = layer * layer_size
+                if layer == 0:  # input: the label's embedding row
+                    x_base = embed_ptr
+                    x_rows = label.to(tl.int64) * H
+                else:  # input: the layer below's new h
+                    x_base = h_ptr + (new * L + layer - 1) * layer_size
+                    x_rows = rows.to(tl.int64) * H
                 for tile in range(pid, tl.cdiv(H, BH), P):
                     hs = tile * BH + tl.arange(0, BH)
-                    _keep_first_layer(
-                        table_ptr, label, g_ptr, h_old, c_old, h_new, c_new, rows, row_ok, emit,
-                        hs, H,
-                    )  # fmt: skip
-                passed += 1
-                _grid_sync(counter_ptr, passed, P)
-            else:  # layer 1 from layer 0's gates (each program recomputes what it needs)
-                for tile in range(pid, tl.cdiv(H, BH), P):
-                    hs = tile * BH + tl.arange(0, BH)
-                    _keep_first_layer(
-                        table_ptr, label, g_ptr, h_old, c_old, h_new, c_new, rows, row_ok, emit,
-                        hs, H,
-                    )  # fmt: skip
-                    _upper_layer_tile(
-                        h_new, rows.to(tl.int64) * H, table_ptr, label, g_ptr, c_old,
-                        w_lstm_ptr + 8 * H * H, g_ptr + g_size, h_old + layer_size,
-                        c_old + layer_size, h_new + layer_size, c_new + layer_size,
+                    _lstm_tile(
+                        x_base, x_rows, h_ptr + old * L * layer_size + state,
+                        c_ptr + old * L * layer_size + state,
+                        w_lstm_ptr + layer * 8 * H * H, b_lstm_ptr + layer * 4 * H,
+                        h_ptr + new * L * layer_size + state,
+                        c_ptr + new * L * layer_size + state,
                         rows, row_ok, emit, hs, H, True, BB, BH, BK_LSTM,
                     )  # fmt: skip
                 passed += 1
                 _grid_sync(counter_ptr, passed, P)
-            for layer in range(2, L):  # layers above: input from memory
-                state = layer * layer_size
-                for tile in range(pid, tl.cdiv(H, BH), P):
-                    hs = tile * BH + tl.arange(0, BH)
-                    _upper_layer_tile(
-                        h_new + state - layer_size, rows.to(tl.int64) * H, table_ptr, label,
-                        g_ptr, c_old, w_lstm_ptr + layer * 8 * H * H, g_ptr + layer * g_size,
-                        h_old + state, c_old + state, h_new + state, c_new + state,
-                        rows, row_ok, emit, hs, H, False, BB, BH, BK_LSTM,
-                    )  # fmt: skip
-                passed += 1
-                _grid_sync(counter_ptr, passed, P)
-            # The prediction projection, and every layer's recurrent product for the next
-            # emission (W_hh h_new + biases), so that the layer phases read only W_ih.
-            top = h_new + (L - 1) * layer_size
-            projections = tl.cdiv(J, BJ)
-            per_layer = tl.cdiv(4 * H, BG)
-            for tile in range(pid, projections + L * per_layer, P):
-                if tile < projections:
-                    js = tile * BJ + tl.arange(0, BJ)
-                    _project_tile(
-                        w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ,
-                        BK_PROJ,
-                    )  # fmt: skip
-                else:
-                    layer = (tile - projections) // per_layer
-                    cols = ((tile - projections) % per_layer) * BG + tl.arange(0, BG)
-                    _recurrent_tile(
-                        w_lstm_ptr + layer * 8 * H * H + H, h_new + layer * layer_size,
-                        b_rec_ptr + layer * 4 * H, g_ptr + layer * g_size, rows, emit, cols, H,
-                        BB, BG, BK_REC,
-                    )  # fmt: skip
+            top = h_ptr + (new * L + L - 1) * layer_size
+            for tile in range(pid, tl.cdiv(J, BJ), P):
+                js = tile * BJ + tl.arange(0, BJ)
+                _project_tile(
+                    w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK_PROJ
+                )
             passed += 1
             _grid_sync(counter_ptr, passed, P)
             old = new
@@ -438,7 +274,6 @@ class LoopDecoder(TritonStepDecoder):
         self.window_logits = torch.zeros(batch * config.window, self.num_outputs, device=device)
         self.h_pair = torch.zeros(2, layers, batch, hidden, device=device)
         self.c_pair = torch.zeros_like(self.h_pair)
-        self._prepare_recurrence(layers, hidden, batch, device)
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         tiles = max(
             triton.cdiv(self.num_outputs, config.block_n),
@@ -449,24 +284,6 @@ class LoopDecoder(TritonStepDecoder):
         if device.type != "cuda":
             self.programs = 1  # the interpreter runs programs one by one
         self.counter = torch.zeros(1, dtype=torch.int32, device=device)  # barrier arrivals
-
-    @torch.no_grad()
-    def _prepare_recurrence(
-        self, layers: int, hidden: int, batch: int, device: torch.device
-    ) -> None:
-        """What lets an emission skip layer 0's weights and every W_hh (float32, from the
-        weights as the kernel reads them): layer 0's input table (W_ih embed + both biases,
-        one row per label), every layer's start recurrent product (W_hh h_start, + biases above
-        layer 0), and the biases the projection phase adds to the new products."""
-        weights = self.w_lstm_all.float()  # [L, 4H, 2H]: [w_ih | w_hh]
-        biases = self.b_lstm_all  # [L, 4H]: b_ih + b_hh
-        self.input_table = (self.embed @ weights[0, :, :hidden].T + biases[0]).contiguous()
-        self.recurrent_bias = biases.clone()
-        self.recurrent_bias[0] = 0.0  # layer 0's biases are in the table
-        start_h = self._start[1][:, 0]  # [L, H]
-        products = torch.einsum("lgk,lk->lg", weights[:, :, hidden:], start_h)
-        self.start_g = (products + self.recurrent_bias).contiguous()
-        self.g = torch.zeros(layers, batch, 4 * hidden, device=device)
 
     @torch.inference_mode()
     def reset(self, enc_proj: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -501,20 +318,18 @@ class LoopDecoder(TritonStepDecoder):
         outputs, labels = self.num_outputs, self.num_labels
         self.counter.zero_()
         grid = (self.programs,)
-        recurrent_block = 4 * cfg.block_h  # as many weight rows as an LSTM tile's 4 gates
         _decode_loop_kernel[grid](
-            enc_proj, lengths, self.start_pred, self.start_h, self.start_c, self.start_g,
-            self.w_out, self.b_out, self.w_pred, self.b_pred, self.input_table,
-            self.w_lstm_all, self.recurrent_bias, self.durations,
-            self.window_logits, self.pred_proj, self.h_pair, self.c_pair, self.g,
+            enc_proj, lengths, self.start_pred, self.start_h, self.start_c,
+            self.w_out, self.b_out, self.w_pred, self.b_pred, self.embed,
+            self.w_lstm_all, self.b_lstm_all, self.durations,
+            self.window_logits, self.pred_proj, self.h_pair, self.c_pair,
             self.out, self.count, self.steps, self.time, self.counter,
             b, t, hidden, pred_hidden, outputs, labels, outputs - labels, layers,
             self.blank, self.capacity, self.max_symbols,
-            BB=bb, BN=cfg.block_n, BH=cfg.block_h, BJ=cfg.block_j, BG=recurrent_block,
+            BB=bb, BN=cfg.block_n, BH=cfg.block_h, BJ=cfg.block_j,
             BK_JOINT=cfg.block_k(bb * cfg.window, cfg.block_n, hidden),
-            BK_LSTM=cfg.block_k(bb, cfg.block_h, pred_hidden),
+            BK_LSTM=cfg.block_k(bb, cfg.block_h, 2 * pred_hidden),
             BK_PROJ=cfg.block_k(bb, cfg.block_j, pred_hidden),
-            BK_REC=cfg.block_k(bb, 2 * recurrent_block, pred_hidden),
             BL=min(triton.next_power_of_2(labels), max(16, 8192 // bb)),
             BD=triton.next_power_of_2(outputs - labels),
             BC=max(16, 1024 // bb),
