@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from budgie.api import load_model  # noqa: E402
 from budgie.audio import load_audio  # noqa: E402
 from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
-from budgie.cuda_runner import FILL_THREADS, CudaRunner, pack_rows  # noqa: E402
+from budgie.cuda_runner import FILL_THREADS, CudaRunner, pack_padded  # noqa: E402
 from budgie.synth import synth_nemo  # noqa: E402
 
 
@@ -50,6 +50,8 @@ def measure(
         runner.preprocess(rows)
     host = torch.empty(samples, dtype=torch.float32, pin_memory=True)
     device = torch.empty(samples, dtype=torch.float32, device="cuda")
+    longest = max(len(r) for r in rows)
+    padded = torch.empty(len(rows), longest, dtype=torch.float32, pin_memory=True)
 
     def fill() -> None:
         offset = 0
@@ -62,7 +64,7 @@ def measure(
         "audio_s": samples / 16000,
         "preprocess_ms": timed(lambda: runner.preprocess(rows), repeats),
         "host_fill_ms": timed(fill, repeats),
-        "pack_rows_threads_ms": timed(lambda: pack_rows(rows, host.numpy(), pool), repeats),
+        "pack_padded_threads_ms": timed(lambda: pack_padded(rows, padded.numpy(), pool), repeats),
         "h2d_ms": timed(lambda: device.copy_(host, non_blocking=True), repeats),
         "float_to_int16_host_ms": timed(
             lambda: [(r * 32768).astype(np.int16) for r in rows], repeats

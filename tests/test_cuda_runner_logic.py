@@ -243,19 +243,22 @@ def test_decode_keeps_its_loop_machine(
 
 
 @pytest.mark.parametrize("threads", [0, 3])
-def test_pack_rows_places_each_row_at_its_offset(threads: int) -> None:
-    """Serial and threaded packing give the same buffer (rows back to back, rest untouched)."""
+def test_pack_padded_zeroes_tails_and_unused_rows(threads: int) -> None:
+    """Serial and threaded packing give the graph's padded input: each row at the start of its
+    line, zeros after it and in the lines past the last row (the buffer held garbage)."""
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng(0)
     rows = [rng.standard_normal(n).astype(np.float32) for n in (700_000, 1, 0, 400_003)]
-    out = np.full(sum(len(r) for r in rows) + 5, -7.0, dtype=np.float32)
+    out = np.full((6, 700_005), -7.0, dtype=np.float32)
     pool = ThreadPoolExecutor(threads) if threads else None
-    offsets = cuda_runner.pack_rows(rows, out, pool)
-    assert offsets == [0, 700_000, 700_001, 700_001]
-    assert np.array_equal(out[:-5], np.concatenate(rows))
-    assert bool((out[-5:] == -7.0).all())
-    assert cuda_runner.pack_rows([], out, pool) == []
+    cuda_runner.pack_padded(rows, out, pool)
+    want = np.zeros_like(out)
+    for i, row in enumerate(rows):
+        want[i, : len(row)] = row
+    assert np.array_equal(out, want)
+    cuda_runner.pack_padded([], out, pool)
+    assert not out.any()
 
 
 def test_int16_waveforms_are_scaled_on_the_device_as_on_the_host() -> None:
@@ -293,3 +296,27 @@ def test_int16_batches_give_the_features_of_float32_batches(synth_models: SynthM
     for row, n in enumerate(eager_len.tolist()):  # the bucket's extra frames are zero
         assert torch.allclose(graphed[row, :, :n], eager[row, :, :n], atol=1e-5)
         assert not graphed[row, :, n:].any()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_graph_gives_the_eager_hypotheses(synth_models: SynthModels, rows: int) -> None:
+    """The projection + one-launch decode graph of a shape, captured on its second use and
+    replayed for inputs of other lengths (3 rows: a bucket of 4, one row empty), gives what the
+    eager step machine gives."""
+    net = copy.deepcopy(synth_models.model("tiny").network).to("cuda")
+    runner = cuda_runner.CudaRunner(net)
+    if runner.loop_decoder is None:
+        pytest.skip("no Triton here")
+    eager = cuda_runner.CudaRunner(net, use_graphs=False)
+    gen = torch.Generator().manual_seed(1)
+    encoded = (torch.randn(rows, 48, net.cfg.encoder.d_model, generator=gen) * 3).to("cuda")
+    emitted = 0
+    for longest in (48, 48, 48, 30, 17):
+        lengths = torch.tensor([longest - 7 * r for r in range(rows)], device="cuda")
+        with torch.inference_mode():
+            want = eager.decode(encoded, lengths)
+            assert runner.decode(encoded, lengths) == want, longest
+        emitted += sum(len(h.token_ids) for h in want)
+    assert list(runner._decode_graphs) == [(cuda_runner.bucket_batch(rows), 48)]
+    assert emitted > 0

@@ -178,6 +178,7 @@ class _FrontendGraph:
         device = next(network.parameters()).device
         self.audio = torch.zeros(batch, samples, device=device, dtype=dtype)
         self.num_samples = torch.zeros(batch, device=device, dtype=torch.long)
+        self.counts = torch.zeros(batch, dtype=torch.long, pin_memory=True)  # host side of it
         self.graph = torch.cuda.CUDAGraph()
 
         def frontend() -> None:
@@ -189,39 +190,40 @@ class _FrontendGraph:
     def run(
         self, rows: list[np.ndarray], staging: PinnedStaging, pool: ThreadPoolExecutor | None
     ) -> tuple[Tensor, Tensor]:
-        """Each row is copied from pinned memory into its slot of the graph's input: no padded
-        host array is built and the copies run asynchronously."""
-        self.audio.zero_()
-        host = staging.hold(sum(len(r) for r in rows), self.audio.dtype)
-        offsets = pack_rows(rows, host.numpy(), pool)
-        for row, (samples, offset) in enumerate(zip(rows, offsets, strict=True)):
-            n = len(samples)
-            self.audio[row, :n].copy_(host[offset : offset + n], non_blocking=True)
-        counts = [len(r) for r in rows] + [0] * (self.audio.shape[0] - len(rows))
-        self.num_samples.copy_(torch.tensor(counts), non_blocking=True)
+        """The rows are laid out in pinned memory as the graph's padded input (zero tails, zero
+        unused rows) and copied in one transfer, their lengths in another; nothing waits and
+        no kernel runs before the replay."""
+        batch, samples = self.audio.shape
+        padded = staging.hold(batch * samples, self.audio.dtype).view(batch, samples)
+        pack_padded(rows, padded.numpy(), pool)
+        # (staging.hold waited for the last copies, this buffer's among them)
+        self.counts.numpy()[:] = [len(r) for r in rows] + [0] * (batch - len(rows))
+        self.audio.copy_(padded, non_blocking=True)
+        self.num_samples.copy_(self.counts, non_blocking=True)
         staging.release()
         self.graph.replay()
         return self.features[: len(rows)], self.lengths[: len(rows)]
 
 
-def pack_rows(
+def pack_padded(
     rows: list[np.ndarray], out: np.ndarray, pool: ThreadPoolExecutor | None = None
-) -> list[int]:
-    """Copy the rows one after another into ``out``; their offsets. Large batches are copied
-    by ``pool``'s threads (numpy releases the GIL): one thread filled pinned memory at ~5 GB/s
-    on the device hosts, 8 ms of a batch of 32 clips' 12 ms frontend
+) -> None:
+    """Row i into out[i, :len], zeros after it and in the rows past the last. Large batches
+    are filled by ``pool``'s threads (numpy releases the GIL): one thread filled pinned memory
+    at ~5 GB/s on the device hosts, 8 ms of a batch of 32 clips' 12 ms frontend
     (benchmarks/results/gpu_frontend_profile_h100_2026-11-24.json)."""
-    offsets = np.cumsum([0, *(len(r) for r in rows[:-1])]).tolist() if rows else []
 
     def fill(i: int) -> None:
-        out[offsets[i] : offsets[i] + len(rows[i])] = rows[i]
+        n = len(rows[i])
+        out[i, :n] = rows[i]
+        out[i, n:] = 0
 
     if pool is not None and len(rows) > 1 and sum(len(r) for r in rows) >= PARALLEL_FILL_SAMPLES:
         list(pool.map(fill, range(len(rows))))
     else:
         for i in range(len(rows)):
             fill(i)
-    return [int(o) for o in offsets]
+    out[len(rows) :] = 0
 
 
 class PinnedStaging:
@@ -283,6 +285,36 @@ class _EncoderGraph:
         return self.out[:b], self.out_lengths[:b]
 
 
+class _DecodeGraph:
+    """The joint's encoder projection and a one-launch machine's decode (triton_loop) for one
+    (batch, frames) shape as one CUDA graph: a replay instead of a projection GEMM and a Triton
+    launch from Python (the launch of a kernel with ~45 arguments is the costly part at batch
+    1). Frames past a row's length are never read, so only the rows' frames are copied in."""
+
+    def __init__(self, network: ParakeetTDT, machine: StepDecoder, batch: int, frames: int) -> None:
+        device = machine.out.device
+        width = network.joint.enc.in_features
+        self.machine = machine
+        self.encoded = torch.zeros(batch, frames, width, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.graph = torch.cuda.CUDAGraph()
+
+        def decode() -> None:
+            machine.reset(network.joint.project_encoder(self.encoded), self.lengths)
+            machine.step()
+
+        _capture(self.graph, decode)
+
+    def run(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
+        b, t, _ = encoded.shape
+        self.encoded[:b, :t].copy_(encoded)
+        if b < self.lengths.shape[0]:
+            self.lengths.zero_()
+        self.lengths[:b].copy_(lengths)
+        self.graph.replay()
+        return self.machine.hypotheses(b)
+
+
 class CudaRunner:
     """Owns the graphs of one model on one GPU."""
 
@@ -306,12 +338,15 @@ class CudaRunner:
         self.loop_decoder = loop_decoder()
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
         self.fused_subsampling = True  # and the fused subsampling kernels with them
+        self.decode_graphs = True  # projection + one-launch decode captured per shape
         self._layer_runner: LayerRunner | None = None
         self._frontends: dict[tuple[int, int, torch.dtype], _FrontendGraph] = {}
         self._staging = PinnedStaging()
         self._fill_pool: ThreadPoolExecutor | None = None
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
+        # (batch, frames) -> projection + one-launch decode graph (machines that run to the end)
+        self._decode_graphs: dict[tuple[int, int], _DecodeGraph] = {}
         self._uses: dict[tuple[str, int, int], int] = {}
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
@@ -431,19 +466,29 @@ class CudaRunner:
 
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
         net = self.network
-        enc_proj = net.joint.project_encoder(encoded.float())
-        batch = bucket_batch(enc_proj.shape[0])
-        frames = -(-enc_proj.shape[1] // DECODER_FRAMES) * DECODER_FRAMES
+        encoded = encoded.float()
+        batch = bucket_batch(encoded.shape[0])
+        frames = -(-encoded.shape[1] // DECODER_FRAMES) * DECODER_FRAMES
         key = (batch, frames)
         machine, graphed = self._decoders.get(key, (None, None))
         wants_graph = self._graph_now("decoder", key)
         if machine is None or (graphed is None and wants_graph and not machine.runs_to_end):
-            machine, graphed = self._decoder_machine(batch, frames, enc_proj.device, wants_graph)
+            machine, graphed = self._decoder_machine(batch, frames, encoded.device, wants_graph)
             self._decoders[key] = (machine, graphed)
-        lengths_list = lengths.tolist()
-        longest = max(lengths_list, default=0)
-        replays = unchecked_replays(longest, self._steps_per_frame)
-        hyps = decode_with_steps(machine, enc_proj, lengths, graphed, replays)
+        shape = (batch, encoded.shape[1])
+        whole = self._decode_graphs.get(shape)
+        due = whole is None and self._graph_now("decode", shape)  # counted like the encoder's
+        if due and self.decode_graphs and machine.runs_to_end and encoded.is_cuda:
+            whole = self._decode_graphs[shape] = _DecodeGraph(net, machine, *shape)
+        if whole is not None and whole.machine is machine:
+            hyps = whole.run(encoded, lengths)
+            lengths_list = lengths.tolist()
+        else:
+            enc_proj = net.joint.project_encoder(encoded)
+            lengths_list = lengths.tolist()
+            longest = max(lengths_list, default=0)
+            replays = unchecked_replays(longest, self._steps_per_frame)
+            hyps = decode_with_steps(machine, enc_proj, lengths, graphed, replays)
         for hyp, n in zip(hyps, lengths_list, strict=True):
             if n >= MIN_FRAMES_FOR_RATE:  # learn a low estimate of steps per frame
                 ratio = hyp.steps / n

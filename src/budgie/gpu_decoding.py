@@ -29,6 +29,10 @@ from budgie.transducer import Decoder, Joint
 # Steps per CUDA graph replay: enough to amortize the host check, few enough that rows rarely
 # run many idle steps after the last one finishes.
 STEPS_PER_GRAPH = 16
+# Machines whose whole output (batch x capacity slots) is at most this many slots hand their
+# hypotheses to the host in one transfer to pinned memory (a 40 s machine's row: 5,130 slots,
+# 123 kB): one wait instead of two, no gather kernels. Larger ones copy the used slots only.
+ONE_TRANSFER_SLOTS = 32_768
 
 
 @dataclass
@@ -106,6 +110,7 @@ class StepDecoder:
         self.c = torch.zeros(shape, device=device)
         self.pred_proj = torch.zeros(batch, hidden, device=device)
         self.blank_labels = torch.full((batch,), self.blank, dtype=torch.long, device=device)
+        self._host: tuple[Tensor, Tensor] | None = None  # pinned buffers for _one_transfer
         # The state after the start-of-sequence blank depends on the weights only: computed once.
         with torch.inference_mode():
             self._start = self._predict(self.blank_labels)
@@ -198,8 +203,11 @@ class StepDecoder:
         """Run the machine's kernels once before use (nothing to do for the torch step)."""
 
     def hypotheses(self, batch: int) -> list[Hypothesis]:
-        counts, steps = torch.stack((self.count[:batch], self.steps[:batch])).tolist()
-        out = self.out[:batch, : max(counts, default=0)].cpu()  # only the slots in use
+        if self.out.is_cuda and batch * self.capacity <= ONE_TRANSFER_SLOTS:
+            counts, steps, out = self._one_transfer(batch)
+        else:
+            counts, steps = torch.stack((self.count[:batch], self.steps[:batch])).tolist()
+            out = self.out[:batch, : max(counts, default=0)].cpu().numpy()  # the used slots
         return [
             Hypothesis(
                 token_ids=out[b, :n, 0].tolist(),
@@ -209,6 +217,22 @@ class StepDecoder:
             )
             for b, n in enumerate(counts)
         ]
+
+    def _one_transfer(self, batch: int) -> tuple[list[int], list[int], Any]:
+        """Counts, step counts and every output slot of the first ``batch`` rows, copied to
+        pinned host buffers asynchronously and waited for once."""
+        if self._host is None:
+            self._host = (
+                torch.empty(2, self.batch, dtype=torch.long, pin_memory=True),
+                torch.empty(self.out.shape, dtype=torch.long, pin_memory=True),
+            )
+        tallies, out = self._host
+        tallies[0, :batch].copy_(self.count[:batch], non_blocking=True)
+        tallies[1, :batch].copy_(self.steps[:batch], non_blocking=True)
+        out[:batch].copy_(self.out[:batch], non_blocking=True)
+        torch.cuda.current_stream(self.out.device).synchronize()
+        counts, steps = tallies[:, :batch].tolist()
+        return counts, steps, out.numpy()
 
 
 class GraphedStepDecoder:
