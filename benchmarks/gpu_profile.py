@@ -47,12 +47,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "flash_attention": False,
     },
-    "graphs_triton_no_decode_graph": {  # the loop decoder launched from Python, no graph
-        "compile_decoder": False,
-        "compile_encoder": False,
-        "triton": True,
-        "decode_graph": False,
-    },
     "graphs_triton_eager_subsampling": {  # the subsampling's first stage as eager modules
         "compile_decoder": False,
         "compile_encoder": False,
@@ -94,7 +88,6 @@ def runner(
     fused_qkv: bool = True,
     fused_subsampling: bool = True,
     flash_attention: bool = True,
-    decode_graph: bool = True,
 ) -> CudaRunner:
     if triton:
         import budgie.triton_encoder
@@ -117,7 +110,6 @@ def runner(
         made.triton_decoder = Float32Weights
     made.fused_encoder = fused
     made.fused_subsampling = fused_subsampling
-    made.decode_graphs = decode_graph
     return made
 
 

@@ -296,27 +296,3 @@ def test_int16_batches_give_the_features_of_float32_batches(synth_models: SynthM
     for row, n in enumerate(eager_len.tolist()):  # the bucket's extra frames are zero
         assert torch.allclose(graphed[row, :, :n], eager[row, :, :n], atol=1e-5)
         assert not graphed[row, :, n:].any()
-
-
-@pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_decode_graph_gives_the_eager_hypotheses(synth_models: SynthModels, rows: int) -> None:
-    """The projection + one-launch decode graph of a shape, captured on its second use and
-    replayed for inputs of other lengths (3 rows: a bucket of 4, one row empty), gives what the
-    eager step machine gives."""
-    net = copy.deepcopy(synth_models.model("tiny").network).to("cuda")
-    runner = cuda_runner.CudaRunner(net)
-    if runner.loop_decoder is None:
-        pytest.skip("no Triton here")
-    eager = cuda_runner.CudaRunner(net, use_graphs=False)
-    gen = torch.Generator().manual_seed(1)
-    encoded = (torch.randn(rows, 48, net.cfg.encoder.d_model, generator=gen) * 3).to("cuda")
-    emitted = 0
-    for longest in (48, 48, 48, 30, 17):
-        lengths = torch.tensor([longest - 7 * r for r in range(rows)], device="cuda")
-        with torch.inference_mode():
-            want = eager.decode(encoded, lengths)
-            assert runner.decode(encoded, lengths) == want, longest
-        emitted += sum(len(h.token_ids) for h in want)
-    assert list(runner._decode_graphs) == [(cuda_runner.bucket_batch(rows), 48)]
-    assert emitted > 0

@@ -216,7 +216,7 @@ def test_merge_heads(lengths: list[int], dtype: torch.dtype) -> None:
 
 
 @pytest.mark.skipif(INTERPRET, reason="the CPU module runs plain attention, not SDPA")
-@pytest.mark.parametrize("lengths", [[9, 9], [9, 3]])
+@pytest.mark.parametrize("lengths", [[9, 9], [9, 3], [9, 9, 9, 9, 9, 4]])  # 6 rows: 5 kernels
 def test_fused_attention_equals_the_module(
     synth_models: SynthModels, dtype: torch.dtype, lengths: list[int]
 ) -> None:

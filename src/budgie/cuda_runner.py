@@ -285,36 +285,6 @@ class _EncoderGraph:
         return self.out[:b], self.out_lengths[:b]
 
 
-class _DecodeGraph:
-    """The joint's encoder projection and a one-launch machine's decode (triton_loop) for one
-    (batch, frames) shape as one CUDA graph: a replay instead of a projection GEMM and a Triton
-    launch from Python (the launch of a kernel with ~45 arguments is the costly part at batch
-    1). Frames past a row's length are never read, so only the rows' frames are copied in."""
-
-    def __init__(self, network: ParakeetTDT, machine: StepDecoder, batch: int, frames: int) -> None:
-        device = machine.out.device
-        width = network.joint.enc.in_features
-        self.machine = machine
-        self.encoded = torch.zeros(batch, frames, width, device=device)
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        self.graph = torch.cuda.CUDAGraph()
-
-        def decode() -> None:
-            machine.reset(network.joint.project_encoder(self.encoded), self.lengths)
-            machine.step()
-
-        _capture(self.graph, decode)
-
-    def run(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
-        b, t, _ = encoded.shape
-        self.encoded[:b, :t].copy_(encoded)
-        if b < self.lengths.shape[0]:
-            self.lengths.zero_()
-        self.lengths[:b].copy_(lengths)
-        self.graph.replay()
-        return self.machine.hypotheses(b)
-
-
 class CudaRunner:
     """Owns the graphs of one model on one GPU."""
 
@@ -338,15 +308,12 @@ class CudaRunner:
         self.loop_decoder = loop_decoder()
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
         self.fused_subsampling = True  # and the fused subsampling kernels with them
-        self.decode_graphs = True  # projection + one-launch decode captured per shape
         self._layer_runner: LayerRunner | None = None
         self._frontends: dict[tuple[int, int, torch.dtype], _FrontendGraph] = {}
         self._staging = PinnedStaging()
         self._fill_pool: ThreadPoolExecutor | None = None
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
-        # (batch, frames) -> projection + one-launch decode graph (machines that run to the end)
-        self._decode_graphs: dict[tuple[int, int], _DecodeGraph] = {}
         self._uses: dict[tuple[str, int, int], int] = {}
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
@@ -475,20 +442,11 @@ class CudaRunner:
         if machine is None or (graphed is None and wants_graph and not machine.runs_to_end):
             machine, graphed = self._decoder_machine(batch, frames, encoded.device, wants_graph)
             self._decoders[key] = (machine, graphed)
-        shape = (batch, encoded.shape[1])
-        whole = self._decode_graphs.get(shape)
-        due = whole is None and self._graph_now("decode", shape)  # counted like the encoder's
-        if due and self.decode_graphs and machine.runs_to_end and encoded.is_cuda:
-            whole = self._decode_graphs[shape] = _DecodeGraph(net, machine, *shape)
-        if whole is not None and whole.machine is machine:
-            hyps = whole.run(encoded, lengths)
-            lengths_list = lengths.tolist()
-        else:
-            enc_proj = net.joint.project_encoder(encoded)
-            lengths_list = lengths.tolist()
-            longest = max(lengths_list, default=0)
-            replays = unchecked_replays(longest, self._steps_per_frame)
-            hyps = decode_with_steps(machine, enc_proj, lengths, graphed, replays)
+        enc_proj = net.joint.project_encoder(encoded)
+        lengths_list = lengths.tolist()
+        longest = max(lengths_list, default=0)
+        replays = unchecked_replays(longest, self._steps_per_frame)
+        hyps = decode_with_steps(machine, enc_proj, lengths, graphed, replays)
         for hyp, n in zip(hyps, lengths_list, strict=True):
             if n >= MIN_FRAMES_FOR_RATE:  # learn a low estimate of steps per frame
                 ratio = hyp.steps / n

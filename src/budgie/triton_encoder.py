@@ -55,8 +55,13 @@ MERGE_COLUMNS = 256  # channels per program of the head-merging kernel
 # q, k and v from one GEMM of the concatenated weights (False: three GEMMs, for comparison).
 FUSED_QKV = True
 # Attention after the QKV GEMM as one flash kernel with the position term inside
-# (triton_attention.py); False: the query, position-GEMM, bias, SDPA and merge kernels.
+# (triton_attention.py) for batches of up to FLASH_MAX_BATCH rows; larger batches, or all with
+# False: the query, position-GEMM, bias, SDPA and merge kernels. Inside the encoder on an H100
+# the one kernel took the B=1 encoder from 3.04-3.09 to 2.77-2.90 ms, but at batch 32-64 it
+# cost 33 ms per 160 files against 24-27 ms for the five kernels (alone in a micro it was
+# faster there too; benchmarks/results/gpu_profile_h100_2026-11-24_flash_decode_graph_ab.json).
 FLASH_ATTENTION = True
+FLASH_MAX_BATCH = 4
 
 
 @triton.jit
@@ -281,7 +286,7 @@ def fused_attention(
     steps as 3 kernels with the module's roundings."""
     b, t, _ = y.shape
     d = attn.h * attn.d_k
-    if FLASH_ATTENTION:
+    if FLASH_ATTENTION and b <= FLASH_MAX_BATCH:
         qkv = F.linear(y, *qkv_weights(attn))
         flash: Tensor = attn.linear_out(relative_attention(attn, qkv, positions, valid))
         return flash
