@@ -47,6 +47,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "flash_attention": False,
     },
+    "graphs_triton_glu_taps": {  # the GLU + depthwise kernel that recomputes GLU per tap
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "glu_window": False,
+    },
     "graphs_triton_eager_subsampling": {  # the subsampling's first stage as eager modules
         "compile_decoder": False,
         "compile_encoder": False,
@@ -88,12 +94,14 @@ def runner(
     fused_qkv: bool = True,
     fused_subsampling: bool = True,
     flash_attention: bool = True,
+    glu_window: bool = True,
 ) -> CudaRunner:
     if triton:
         import budgie.triton_encoder
 
         budgie.triton_encoder.FUSED_QKV = fused_qkv
         budgie.triton_encoder.FLASH_ATTENTION = flash_attention
+        budgie.triton_encoder.GLU_WINDOW = glu_window
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton or not loop or fp32_decoder:
         made.loop_decoder = None

@@ -20,6 +20,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not (torch.cuda.is_available() or INTERPRET):
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
+from budgie import triton_encoder  # noqa: E402
 from budgie.encoder import (  # noqa: E402
     ConformerEncoder,
     ConformerLayer,
@@ -100,10 +101,18 @@ def test_add_layer_norm(
         close_half(want_y.to(out_dtype), y)
 
 
-@pytest.mark.parametrize("lengths", [[13, 13], [13, 6, 1]])
+@pytest.mark.parametrize("window", [True, False], ids=["window", "taps"])
+@pytest.mark.parametrize("lengths", [[13, 13], [13, 6, 1], [40, 23]])
 def test_glu_depthwise_matches_the_eager_convolution(
-    synth_models: SynthModels, dtype: torch.dtype, lengths: list[int]
+    synth_models: SynthModels,
+    dtype: torch.dtype,
+    lengths: list[int],
+    window: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Both kernels (GLU once per window row with gathered taps; GLU per tap), over one and
+    several time blocks."""
+    monkeypatch.setattr(triton_encoder, "GLU_WINDOW", window)
     layer = half_encoder(synth_models, dtype).layers[0]
     assert isinstance(layer, ConformerLayer)
     conv = layer.conv

@@ -47,6 +47,12 @@ from budgie.triton_attention import relative_attention
 ROWS_PER_PROGRAM = 4  # LayerNorm rows per program
 TIME_BLOCK = 16  # frames per program of the depthwise kernel
 CHANNEL_BLOCK = 128  # channels per program of the depthwise kernel
+# The windowed GLU + depthwise kernel (each GLU once per program, taps by tl.gather) instead of
+# the taps kernel (each GLU once per tap), with its tiling.
+GLU_WINDOW = True
+WINDOW_TIME_BLOCK = 16
+WINDOW_CHANNEL_BLOCK = 64
+WINDOW_WARPS = 4
 QUERY_ROWS, QUERY_COLUMNS = 4, 256  # query-term kernel tile
 BIAS_COLUMNS = 256  # key positions per program of the position-bias kernel
 MERGE_COLUMNS = 256  # channels per program of the head-merging kernel
@@ -113,6 +119,44 @@ def _glu_depthwise_kernel(
     acc += tl.load(b_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     conv = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # the convolution's output dtype
     out = (conv * tl.sigmoid(conv)).to(out_ptr.dtype.element_ty)
+    at = (batch * T + ts).to(tl.int64)[:, None] * D + cs[None, :]
+    tl.store(out_ptr + at, out, mask=(ts < T)[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _glu_window_kernel(
+    g_ptr, valid_ptr, w_ptr, b_ptr, out_ptr,
+    T, D,
+    K: tl.constexpr, HAS_MASK: tl.constexpr, BT: tl.constexpr, BW: tl.constexpr,
+    BC: tl.constexpr,
+):  # fmt: skip
+    # As _glu_depthwise_kernel, but GLU is computed once per input row of the program's window
+    # (BT outputs need BT + K - 1 inputs, BW >= that) and each tap picks its rows out of the
+    # window with tl.gather: the taps kernel recomputes each GLU (a sigmoid) K times, which
+    # bounds it by the special-function units at large batches.
+    batch = tl.program_id(2)
+    t0 = tl.program_id(0) * BT
+    cs = tl.program_id(1) * BC + tl.arange(0, BC)
+    c_ok = cs < D
+    window = tl.arange(0, BW)
+    src = t0 - (K - 1) // 2 + window
+    ok = (src >= 0) & (src < T) & (window < BT + K - 1)
+    if HAS_MASK:
+        ok = ok & (tl.load(valid_ptr + batch * T + src, mask=ok, other=0) != 0)
+    m = ok[:, None] & c_ok[None, :]
+    at = (batch * T + src).to(tl.int64)[:, None] * (2 * D) + cs[None, :]
+    a = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
+    gate = tl.load(g_ptr + at + D, mask=m, other=0.0).to(tl.float32)
+    glu = (a * tl.sigmoid(gate)).to(g_ptr.dtype.element_ty).to(tl.float32)  # 0 where masked
+    rows = tl.arange(0, BT)[:, None] + tl.zeros([BT, BC], dtype=tl.int32)
+    acc = tl.zeros([BT, BC], dtype=tl.float32)
+    for k in tl.static_range(K):
+        tap = tl.gather(glu, rows + k, axis=0)
+        acc += tap * tl.load(w_ptr + cs * K + k, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    acc += tl.load(b_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    conv = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # the convolution's output dtype
+    out = (conv * tl.sigmoid(conv)).to(out_ptr.dtype.element_ty)
+    ts = t0 + tl.arange(0, BT)
     at = (batch * T + ts).to(tl.int64)[:, None] * D + cs[None, :]
     tl.store(out_ptr + at, out, mask=(ts < T)[:, None] & c_ok[None, :])
 
@@ -211,6 +255,15 @@ def glu_depthwise_silu(conv: ConvolutionModule, g: Tensor, valid: Tensor | None)
     k = dw.weight.shape[-1]
     bias = dw.bias if dw.bias is not None else torch.zeros(d, dtype=g.dtype, device=g.device)
     out = torch.empty(b, t, d, dtype=g.dtype, device=g.device)
+    if GLU_WINDOW:
+        grid = (triton.cdiv(t, WINDOW_TIME_BLOCK), triton.cdiv(d, WINDOW_CHANNEL_BLOCK), b)
+        _glu_window_kernel[grid](
+            g, valid if valid is not None else g, dw.weight, bias, out, t, d,
+            K=k, HAS_MASK=valid is not None, BT=WINDOW_TIME_BLOCK,
+            BW=triton.next_power_of_2(WINDOW_TIME_BLOCK + k - 1), BC=WINDOW_CHANNEL_BLOCK,
+            num_warps=WINDOW_WARPS,
+        )  # fmt: skip
+        return out
     grid = (triton.cdiv(t, TIME_BLOCK), triton.cdiv(d, CHANNEL_BLOCK), b)
     _glu_depthwise_kernel[grid](
         g, valid if valid is not None else g, dw.weight, bias, out, t, d,
