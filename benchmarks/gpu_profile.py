@@ -53,6 +53,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "glu_window": False,
     },
+    "graphs_triton_cudnn_first_conv": {  # the subsampling's first convolution by cuDNN
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "first_conv": False,
+    },
     "graphs_triton_eager_subsampling": {  # the subsampling's first stage as eager modules
         "compile_decoder": False,
         "compile_encoder": False,
@@ -95,6 +101,7 @@ def runner(
     fused_subsampling: bool = True,
     flash_attention: bool = True,
     glu_window: bool = True,
+    first_conv: bool = True,
 ) -> CudaRunner:
     if triton:
         import budgie.triton_encoder
@@ -102,6 +109,9 @@ def runner(
         budgie.triton_encoder.FUSED_QKV = fused_qkv
         budgie.triton_encoder.FLASH_ATTENTION = flash_attention
         budgie.triton_encoder.GLU_WINDOW = glu_window
+        import budgie.triton_subsampling
+
+        budgie.triton_subsampling.FIRST_CONV = first_conv
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton or not loop or fp32_decoder:
         made.loop_decoder = None

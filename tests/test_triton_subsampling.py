@@ -21,8 +21,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not (torch.cuda.is_available() or INTERPRET):
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
+from budgie import triton_subsampling  # noqa: E402
 from budgie.encoder import ConformerEncoder, ConvSubsampling, time_mask  # noqa: E402
-from budgie.triton_subsampling import fused_stages, relu_mask_depthwise  # noqa: E402
+from budgie.triton_subsampling import first_conv, fused_stages, relu_mask_depthwise  # noqa: E402
 from conftest import SynthModels  # noqa: E402
 from test_triton_encoder import OFF_BY_A_STEP  # noqa: E402
 
@@ -170,3 +171,38 @@ def test_encoder_with_the_fused_first_stage(encoder: ConformerEncoder, lengths: 
     err = (got - want).abs()[valid].max()
     assert float(err) <= 0.05 * float(want[valid].abs().max()), float(err)
     assert not torch.equal(got, want) or INTERPRET  # the fused path really ran (GPU rounding)
+
+
+@pytest.mark.parametrize("lengths", [*LENGTHS, [70, 9]])
+def test_first_conv_matches_the_masked_convolution(
+    encoder: ConformerEncoder, lengths: list[int]
+) -> None:
+    """The first convolution from the float32 features: the eager cast, pad mask and
+    convolution (float32 sums, one rounding), over several blocks of channels and frames."""
+    first = encoder.pre_encode.conv[0]
+    assert isinstance(first, torch.nn.Conv2d)
+    features, lens = features_for(lengths, seed=3)
+    dt = first.weight.dtype
+    x = features.transpose(1, 2).unsqueeze(1).to(dt).float()
+    x = x * time_mask(lens, x.shape[2])[:, None, :, None]
+    want = F.conv2d(x, first.weight.float(), None, 2, 1).to(dt)
+    with torch.inference_mode():
+        got = first_conv(features, lens, first.weight)
+    close_half(want, got)
+    noisy = features.clone()
+    noisy[1, :, lengths[1] :] = 1e3  # what lies past a length never reaches the output
+    with torch.inference_mode():
+        assert torch.equal(first_conv(noisy, lens, first.weight), got)
+
+
+def test_fused_stages_with_either_first_convolution(
+    encoder: ConformerEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cuDNN's first convolution and the kernel give the fused stages the same input."""
+    features, lens = features_for([37, 20, 1], seed=4)
+    with torch.inference_mode():
+        got, got_lengths = fused_stages(encoder.pre_encode, features, lens)
+        monkeypatch.setattr(triton_subsampling, "FIRST_CONV", False)
+        want, want_lengths = fused_stages(encoder.pre_encode, features, lens)
+    assert torch.equal(got_lengths, want_lengths)
+    close_half(want, got, share=1.0, steps=CHAINED_STEPS)

@@ -38,6 +38,48 @@ from budgie.encoder import ConvSubsampling, subsampled_length, time_mask
 # vs 0.18 + 0.13.
 TIME_BLOCK = 4
 NUM_WARPS = 1
+# The first 3x3 convolution as a Triton kernel (reading the float32 features directly) instead
+# of the layout change, rounding, pad mask and cuDNN's implicit-GEMM convolution; its tiling:
+# channels and output frames per program, warps.
+FIRST_CONV = True
+FIRST_CHANNELS, FIRST_FRAMES, FIRST_WARPS = 16, 4, 4
+
+
+@triton.jit
+def _first_conv_kernel(
+    x_ptr, len_ptr, w_ptr, out_ptr,
+    T, F, C, T2, F2,
+    BC: tl.constexpr, BT: tl.constexpr, BF: tl.constexpr,
+):  # fmt: skip
+    """out[b, c, t2, f2] = sum over 3x3 of w[c, i, j] * x[b, 2 f2 - 1 + j, 2 t2 - 1 + i], no
+    bias: the first convolution (1 -> C channels, stride 2, padding 1) of features x [B, F, T]
+    (float32, rounded to the weights' dtype as the eager module's cast does; frames past the
+    length zero, as its pad mask makes them). Each program loads its 9 input taps once and
+    uses them for BC channels: the output is the encoder's largest tensor, so its writes set
+    the pace."""
+    b = tl.program_id(2)
+    cs = tl.program_id(1) * BC + tl.arange(0, BC)
+    t2 = tl.program_id(0) * BT + tl.arange(0, BT)
+    f2 = tl.arange(0, BF)
+    n = tl.load(len_ptr + b)
+    dt = out_ptr.dtype.element_ty
+    c_ok = cs < C
+    base = b.to(tl.int64) * F * T
+    acc = tl.zeros([BC, BT, BF], dtype=tl.float32)
+    for i in tl.static_range(3):
+        t = 2 * t2 - 1 + i
+        t_ok = (t >= 0) & (t < T) & (t < n)
+        for j in tl.static_range(3):
+            f = 2 * f2 - 1 + j
+            ok = t_ok[:, None] & ((f >= 0) & (f < F))[None, :]
+            x = tl.load(x_ptr + base + f[None, :] * T + t[:, None], mask=ok, other=0.0)
+            x = x.to(dt).to(tl.float32)
+            w = tl.load(w_ptr + cs * 9 + i * 3 + j, mask=c_ok, other=0.0).to(tl.float32)
+            acc += w[:, None, None] * x[None, :, :]
+    planes = (b.to(tl.int64) * C + cs) * T2 * F2
+    at = out_ptr + planes[:, None, None] + (t2[:, None] * F2 + f2[None, :])[None, :, :]
+    inside = ((t2 < T2)[:, None] & (f2 < F2)[None, :])[None, :, :]
+    tl.store(at, acc.to(dt), mask=c_ok[:, None, None] & inside)
 
 
 @triton.jit
@@ -90,6 +132,23 @@ def relu_mask_depthwise(y: Tensor, lengths: Tensor, bias: Tensor, depthwise: nn.
     return out
 
 
+def first_conv(features: Tensor, lengths: Tensor, weight: Tensor) -> Tensor:
+    """The first 3x3/2 convolution without its bias, of features [B, F, T] (float32) whose
+    first ``lengths`` frames are valid: [B, C, T/2, F/2] in the weights' dtype."""
+    features = features.float().contiguous()
+    batch, freqs, frames = features.shape
+    channels = weight.shape[0]
+    t2, f2 = (frames - 1) // 2 + 1, (freqs - 1) // 2 + 1
+    out = torch.empty(batch, channels, t2, f2, device=features.device, dtype=weight.dtype)
+    grid = (triton.cdiv(t2, FIRST_FRAMES), triton.cdiv(channels, FIRST_CHANNELS), batch)
+    _first_conv_kernel[grid](
+        features, lengths, weight.contiguous(), out, frames, freqs, channels, t2, f2,
+        BC=FIRST_CHANNELS, BT=FIRST_FRAMES, BF=triton.next_power_of_2(f2),
+        num_warps=FIRST_WARPS,
+    )  # fmt: skip
+    return out
+
+
 def fused_stages(
     module: ConvSubsampling, features: Tensor, lengths: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -100,9 +159,12 @@ def fused_stages(
     over its output. Left to the module: the last 1x1 convolution and its ReLU."""
     convs = [m for m in module.conv if isinstance(m, nn.Conv2d)]  # conv, (dw, pw) per halving
     first = convs[0]
-    x = features.transpose(1, 2).unsqueeze(1).to(first.weight.dtype)  # [B, 1, T, F]
-    x = x * time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
-    y = F.conv2d(x, first.weight, None, first.stride, first.padding)
+    if FIRST_CONV and first.kernel_size == (3, 3) and first.in_channels == 1:
+        y = first_conv(features, lengths, first.weight)
+    else:
+        x = features.transpose(1, 2).unsqueeze(1).to(first.weight.dtype)  # [B, 1, T, F]
+        x = x * time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+        y = F.conv2d(x, first.weight, None, first.stride, first.padding)
     lengths = subsampled_length(lengths, 1)
     producer = first
     for k, depthwise in enumerate(convs[1::2]):
