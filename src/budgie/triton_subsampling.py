@@ -39,10 +39,13 @@ from budgie.encoder import ConvSubsampling, subsampled_length, time_mask
 TIME_BLOCK = 4
 NUM_WARPS = 1
 # The first 3x3 convolution as a Triton kernel (reading the float32 features directly) instead
-# of the layout change, rounding, pad mask and cuDNN's implicit-GEMM convolution; its tiling:
-# channels and output frames per program, warps.
+# of the layout change, rounding, pad mask and cuDNN's implicit-GEMM convolution; its tiling
+# (channels and output frames per program, warps): the best of 7 on an H100, bit-identical to
+# the cuDNN path: 2.13 vs 5.15 ms at batch 64 x 30 s, 0.09 vs 0.27 ms at batch 1 x 20 s
+# (benchmarks/results/gpu_subsampling_micro_h100_2026-11-24_first_conv.json); in the encoder
+# 4.5 vs 9.4 ms (+ the cast and mask passes) per 160 files (gpu_profile_..._first_conv.json).
 FIRST_CONV = True
-FIRST_CHANNELS, FIRST_FRAMES, FIRST_WARPS = 16, 4, 4
+FIRST_CHANNELS, FIRST_FRAMES, FIRST_WARPS = 32, 2, 4
 
 
 @triton.jit
