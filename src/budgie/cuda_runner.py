@@ -276,10 +276,14 @@ class _EncoderGraph:
         _capture(self.graph, encode)
 
     def run(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Features of the graph's shape (the frontend's buckets match the encoder's) are
+        copied whole; smaller ones into zeros."""
         b, _, t = features.shape
-        self.features.zero_()
+        if features.shape != self.features.shape:
+            self.features.zero_()
         self.features[:b, :, :t].copy_(features)
-        self.lengths.zero_()
+        if b != self.lengths.shape[0]:
+            self.lengths.zero_()
         self.lengths[:b].copy_(lengths)
         self.graph.replay()
         return self.out[:b], self.out_lengths[:b]

@@ -214,6 +214,11 @@ class Model:
                 return text.submit(self._finish_batch, batch, inferred, timestamps)
 
             def submit(window: list[int]) -> list[Future[list[_Loaded | TranscriptionError]]]:
+                if len(inputs) == 1:  # nothing to overlap with: load here (a fresh loader
+                    # thread's first allocations fault in new pages: ~0.3 ms on the GPU hosts)
+                    done_now: Future[list[_Loaded | TranscriptionError]] = Future()
+                    done_now.set_result(self._load_many([(i, inputs[i]) for i in window]))
+                    return [done_now]
                 # One task per loader thread, strided so each gets long and short inputs: a
                 # future per input cost the calling thread ~100 GIL hand-offs per window.
                 return [
