@@ -44,7 +44,12 @@ from budgie.encoder import (
 )
 from budgie.triton_attention import relative_attention
 
-ROWS_PER_PROGRAM = 4  # LayerNorm rows per program
+# LayerNorm rows per program and warps: of 9 tilings on an H100 in CUDA graphs
+# (benchmarks/results/gpu_layer_norm_micro_h100_2026-11-24.json) 2 rows on 2 warps took 2.96
+# and 3.18 us at batch 1 x 250 and 384 frames vs 3.40 and 3.54 for 4 rows on 4 warps; batch 64
+# is bandwidth-bound (104 us) with any of them.
+ROWS_PER_PROGRAM = 2
+LAYER_NORM_WARPS = 2
 TIME_BLOCK = 16  # frames per program of the depthwise kernel
 CHANNEL_BLOCK = 128  # channels per program of the depthwise kernel
 # The windowed GLU + depthwise kernel (each GLU once per program, taps by tl.gather) instead of
@@ -244,6 +249,7 @@ def add_layer_norm(
         x, x if branch is None else branch, norm.weight, norm.bias, residual, y,
         rows, d, scale, norm.eps,
         HAS_ADD=branch is not None, BR=ROWS_PER_PROGRAM, BD=triton.next_power_of_2(d),
+        num_warps=LAYER_NORM_WARPS,
     )  # fmt: skip
     return residual, y
 
