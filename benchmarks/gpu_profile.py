@@ -59,12 +59,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "first_conv": False,
     },
-    "graphs_triton_cublas_silu": {  # the feed-forward's first linear by cuBLAS + a SiLU kernel
-        "compile_decoder": False,
-        "compile_encoder": False,
-        "triton": True,
-        "fused_silu": False,
-    },
     "graphs_triton_eager_subsampling": {  # the subsampling's first stage as eager modules
         "compile_decoder": False,
         "compile_encoder": False,
@@ -108,7 +102,6 @@ def runner(
     flash_attention: bool = True,
     glu_window: bool = True,
     first_conv: bool = True,
-    fused_silu: bool = True,
 ) -> CudaRunner:
     if triton:
         import budgie.triton_encoder
@@ -116,7 +109,6 @@ def runner(
         budgie.triton_encoder.FUSED_QKV = fused_qkv
         budgie.triton_encoder.FLASH_ATTENTION = flash_attention
         budgie.triton_encoder.GLU_WINDOW = glu_window
-        budgie.triton_encoder.FUSED_SILU = fused_silu
         import budgie.triton_subsampling
 
         budgie.triton_subsampling.FIRST_CONV = first_conv

@@ -35,7 +35,6 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
-from budgie import triton_linear
 from budgie.encoder import (
     INF_VAL,
     ConformerLayer,
@@ -77,9 +76,6 @@ FUSED_QKV = True
 # faster there too; benchmarks/results/gpu_profile_h100_2026-11-24_flash_decode_graph_ab.json).
 FLASH_ATTENTION = True
 FLASH_MAX_BATCH = 4
-# The feed-forward modules' first linear and SiLU as one Triton GEMM for short inputs
-# (triton_linear.py); False: cuBLAS and a SiLU kernel.
-FUSED_SILU = True
 
 
 @triton.jit
@@ -372,12 +368,7 @@ def fused_attention(
 
 
 def _feed_forward(ff: FeedForward, y: Tensor) -> Tensor:
-    """linear2(SiLU(linear1(y))); for short inputs the first linear and SiLU as one kernel."""
-    if FUSED_SILU and y.numel() // y.shape[-1] <= triton_linear.MAX_ROWS:
-        hidden = triton_linear.linear_silu(y, ff.linear1.weight, ff.linear1.bias)
-    else:
-        hidden = F.silu(ff.linear1(y))
-    out: Tensor = ff.linear2(hidden)
+    out: Tensor = ff.linear2(F.silu(ff.linear1(y)))
     return out
 
 
