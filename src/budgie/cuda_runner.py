@@ -447,10 +447,14 @@ class CudaRunner:
             machine, graphed = self._decoder_machine(batch, frames, encoded.device, wants_graph)
             self._decoders[key] = (machine, graphed)
         enc_proj = net.joint.project_encoder(encoded)
-        lengths_list = lengths.tolist()
-        longest = max(lengths_list, default=0)
-        replays = unchecked_replays(longest, self._steps_per_frame)
-        hyps = decode_with_steps(machine, enc_proj, lengths, graphed, replays)
+        if machine.runs_to_end:  # launched before the lengths come to the host: no idle wait
+            hyps = decode_with_steps(machine, enc_proj, lengths, graphed)
+            lengths_list = lengths.tolist()
+        else:
+            lengths_list = lengths.tolist()
+            longest = max(lengths_list, default=0)
+            replays = unchecked_replays(longest, self._steps_per_frame)
+            hyps = decode_with_steps(machine, enc_proj, lengths, graphed, replays)
         for hyp, n in zip(hyps, lengths_list, strict=True):
             if n >= MIN_FRAMES_FOR_RATE:  # learn a low estimate of steps per frame
                 ratio = hyp.steps / n
