@@ -214,8 +214,8 @@ class Model:
                 return text.submit(self._finish_batch, batch, inferred, timestamps)
 
             def submit(window: list[int]) -> list[Future[list[_Loaded | TranscriptionError]]]:
-                if len(inputs) == 1:  # nothing to overlap with: load here (a fresh loader
-                    # thread's first allocations fault in new pages: ~0.3 ms on the GPU hosts)
+                if len(inputs) == 1:  # nothing to overlap with: load here, without a
+                    # loader thread to start and hand the samples back from
                     done_now: Future[list[_Loaded | TranscriptionError]] = Future()
                     done_now.set_result(self._load_many([(i, inputs[i]) for i in window]))
                     return [done_now]

@@ -9,16 +9,18 @@ time at batch 1 (launches) and cost a large share at batch 64 (memory traffic). 
 
 - ``_add_layer_norm_kernel``: residual + scale * branch output, then LayerNorm, written in the
   next GEMM's dtype (5 per layer; the first without the add);
-- ``_glu_depthwise_kernel``: GLU, pad mask, depthwise convolution (BatchNorm folded), SiLU, in
-  time-major layout (no transposes);
-- attention: q, k and v from one GEMM of the concatenated weights; its elementwise steps:
+- ``_glu_window_kernel``: GLU, pad mask, depthwise convolution (BatchNorm folded), SiLU, in
+  time-major layout (no transposes), each GLU computed once per window row and the taps
+  gathered (``_glu_depthwise_kernel``, which recomputes GLU per tap, is kept for comparison);
+- attention: q, k and v from one GEMM of the concatenated weights; up to FLASH_MAX_BATCH rows
+  the rest is triton_attention's one kernel; above, its elementwise steps around cuDNN's SDPA:
   ``_query_kernel`` (both position biases added to the queries,
   one copy per head for the position GEMM), ``_position_bias_kernel`` (the rel-shifted, scaled,
   masked position scores) and ``_merge_heads_kernel`` (heads back together, padded rows zeroed).
 
-The GEMMs and SDPA stay torch's (cuBLAS, cuDNN). Numbers follow the eager layer's rounding
-points (bf16 where it rounds to bf16, float32 elsewhere): the attention kernels give the eager
-module's numbers exactly from the same q, k, v (tested on an H100); the one QKV GEMM may sum in
+The GEMMs stay torch's (cuBLAS). Numbers follow the eager layer's rounding points (bf16 where it
+rounds to bf16, float32 elsewhere): the SDPA path's kernels give the eager module's numbers
+exactly from the same q, k, v (tested on an H100); the one QKV GEMM may sum in
 another order than three (cuBLAS picks kernels by shape), as do the LayerNorm and the 9-term
 convolution, so a value can differ by a 16-bit step where the eager one sits on a rounding
 boundary.
