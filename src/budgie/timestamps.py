@@ -36,19 +36,19 @@ The rules, with the NeMo code they reproduce (nemo/collections/asr/...):
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 WORD_DELIMITER = " "
 SEGMENT_DELIMITERS: tuple[str, ...] = (".", "!", "?")  # RNNTDecodingConfig.segment_seperators
 _STRIPPED_MARKERS = (" ", "_", "▁")  # pieces dropped before a punctuation mark in a built word
 
 
-@dataclass(frozen=True)
-class WordSpan:
+class WordSpan(NamedTuple):
     """A word as token indices: its time runs from ``start_index``'s start to ``end_index``'s end.
 
     ``members`` are the tokens whose pieces make the word (for confidence); they may differ from
-    the start..end range exactly where NeMo's own bookkeeping does.
+    the start..end range exactly where NeMo's own bookkeeping does. (A NamedTuple: built once
+    per word in the text phase, where a frozen dataclass's construction showed in profiles.)
     """
 
     text: str
@@ -57,8 +57,7 @@ class WordSpan:
     members: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class SegmentSpan:
+class SegmentSpan(NamedTuple):
     """A segment as word indices (inclusive)."""
 
     text: str
@@ -74,12 +73,15 @@ def snap_punctuation(
 ) -> list[tuple[int, int]]:
     """(start_offset, end_offset) per token: ``[frame, frame + duration]``, punctuation snapped."""
     offsets: list[tuple[int, int]] = []
+    marks = punctuation or ()
+    end = 0
     for i, (text, frame, dur) in enumerate(zip(texts, frames, durations, strict=True)):
-        if i > 0 and punctuation and text in punctuation:
-            prev_end = offsets[-1][1]
-            offsets.append((prev_end, prev_end))
+        if i > 0 and text in marks:
+            offsets.append((end, end))  # end: the previous token's (snapped) end
         else:
-            offsets.append((int(frame), int(frame) + int(dur)))
+            start = int(frame)
+            end = start + int(dur)
+            offsets.append((start, end))
     return offsets
 
 
@@ -110,12 +112,13 @@ def word_spans(
 ) -> list[WordSpan]:
     """Group tokens into words exactly as NeMo's ``get_words_offsets`` does (rule 3)."""
     wpe = tokenizer_type == "wpe"
+    marks = punctuation or ()
     words: list[WordSpan] = []
     built: list[int] = []  # token indices whose pieces make the word being built
     first = 0  # NeMo's previous_token_index
     for i, (piece, text) in enumerate(zip(pieces, texts, strict=True)):
-        is_punct = bool(punctuation) and text in punctuation and text != WORD_DELIMITER
-        if _starts_word(piece, text, texts, i, punctuation, wpe) and not is_punct:
+        is_punct = text in marks and text != WORD_DELIMITER
+        if not is_punct and _starts_word(piece, text, texts, i, punctuation, wpe):
             if built:
                 words.append(_span(decode, pieces, built, first, i - 1))
             built = []
