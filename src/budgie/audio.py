@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Callable
@@ -331,17 +332,16 @@ def _decode(opener: Callable[[], str | IO[bytes]], name: str, head: bytes) -> tu
 
 def _load_path(source: str | os.PathLike[str]) -> tuple[Samples, int]:
     name = os.fsdecode(source)
-    path = Path(name)
     try:
-        if path.is_dir():
+        info = os.stat(name)  # one call for existence, kind and size
+        if stat.S_ISDIR(info.st_mode):
             raise AudioError(f"{name}: is a directory, not an audio file")
-        if not path.exists():
-            raise AudioError(f"{name}: audio file not found")
-        size = path.stat().st_size
-        if size == 0:
+        if info.st_size == 0:  # (also pipes and devices: never opened, so never waited on)
             raise AudioError(f"{name}: empty file (0 bytes)")
-        with path.open("rb") as fh:
+        with Path(name).open("rb") as fh:
             head = fh.read(WAV_HEADER_SCAN_BYTES)
+    except FileNotFoundError:
+        raise AudioError(f"{name}: audio file not found") from None
     except OSError as e:
         raise AudioError(f"{name}: cannot read audio file ({_one_line(e.strerror or e)})") from None
     return _decode(lambda: name, name, head)
