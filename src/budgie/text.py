@@ -194,40 +194,24 @@ def build_timed_tokens(
 
     ``frame`` and ``duration`` keep the decoder's raw emission frame and TDT duration.
     """
-    return _timed_tokens(tokenizer, ids, frames, durations, confidences, frame_shift_s)[0]
-
-
-def _timed_tokens(
-    tokenizer: Tokenizer,
-    ids: Sequence[int],
-    frames: Sequence[int],
-    durations: Sequence[int],
-    confidences: Sequence[float] | None,
-    frame_shift_s: float,
-) -> tuple[list[Token], list[str]]:
-    """build_timed_tokens, and the tokens' decoded texts (the word grouping needs them too)."""
     _check_lengths(ids, frames, durations, confidences)
     ids = [int(i) for i in ids]
     texts = tokenizer.token_texts(ids)
     offsets = snap_punctuation(texts, frames, durations, tokenizer.supported_punctuation)
     confs = [None] * len(ids) if confidences is None else [float(c) for c in confidences]
-    tokens = [
+    return [
         Token(tid, piece, start * frame_shift_s, end * frame_shift_s, int(frame), int(dur), conf)
         for tid, piece, frame, dur, (start, end), conf in zip(
             ids, tokenizer.pieces(ids), frames, durations, offsets, confs, strict=True
         )
     ]
-    return tokens, texts
 
 
-def group_words(
-    tokens: Sequence[Token], tokenizer: Tokenizer, texts: Sequence[str] | None = None
-) -> list[Word]:
-    """NeMo's word timestamps; confidence = min over the word's tokens (None if any lacks one).
-    ``texts``: the tokens' ``token_texts`` when the caller has them already."""
+def group_words(tokens: Sequence[Token], tokenizer: Tokenizer) -> list[Word]:
+    """NeMo's word timestamps; confidence = min over the word's tokens (None if any lacks one)."""
     spans = word_spans(
         [t.piece for t in tokens],
-        tokenizer.token_texts([t.id for t in tokens]) if texts is None else texts,
+        tokenizer.token_texts([t.id for t in tokens]),
         tokenizer.supported_punctuation,
         tokenizer.decode_word,
         tokenizer.tokenizer_type,
@@ -273,8 +257,8 @@ def build_text_and_timestamps(
     frame_shift_s: float,
 ) -> tuple[str, list[Token], list[Word], list[Segment]]:
     """Everything the pipeline needs from one utterance's decoder output, in one call."""
-    tokens, texts = _timed_tokens(tokenizer, ids, frames, durations, confidences, frame_shift_s)
-    words = group_words(tokens, tokenizer, texts)
+    tokens = build_timed_tokens(tokenizer, ids, frames, durations, confidences, frame_shift_s)
+    words = group_words(tokens, tokenizer)
     return tokenizer.decode(ids), tokens, words, group_segments(words)
 
 
