@@ -104,6 +104,29 @@ def _add_layer_norm_kernel(
 
 
 @triton.jit
+def _glu_rows(g_ptr, valid_ptr, batch, src, ok, cs, c_ok, T, D, HAS_MASK: tl.constexpr):
+    """GLU of input rows ``src`` (time-major g [B, T, 2D]) in float32 after its 16-bit rounding;
+    0 outside [0, T) and on padded frames (the module's pad mask)."""
+    if HAS_MASK:
+        ok = ok & (tl.load(valid_ptr + batch * T + src, mask=ok, other=0) != 0)
+    m = ok[:, None] & c_ok[None, :]
+    at = (batch * T + src).to(tl.int64)[:, None] * (2 * D) + cs[None, :]
+    a = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
+    gate = tl.load(g_ptr + at + D, mask=m, other=0.0).to(tl.float32)
+    return (a * tl.sigmoid(gate)).to(g_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _bias_silu_store(acc, b_ptr, out_ptr, batch, ts, cs, c_ok, T, D):
+    """out[batch, ts, cs] = SiLU(depthwise sum + bias), rounded where the module rounds."""
+    acc += tl.load(b_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    conv = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # the convolution's output dtype
+    out = (conv * tl.sigmoid(conv)).to(out_ptr.dtype.element_ty)
+    at = (batch * T + ts).to(tl.int64)[:, None] * D + cs[None, :]
+    tl.store(out_ptr + at, out, mask=(ts < T)[:, None] & c_ok[None, :])
+
+
+@triton.jit
 def _glu_depthwise_kernel(
     g_ptr, valid_ptr, w_ptr, b_ptr, out_ptr,
     T, D,
@@ -117,20 +140,10 @@ def _glu_depthwise_kernel(
     acc = tl.zeros([BT, BC], dtype=tl.float32)
     for k in tl.static_range(K):
         src = ts + (k - (K - 1) // 2)
-        ok = (src >= 0) & (src < T)
-        if HAS_MASK:
-            ok = ok & (tl.load(valid_ptr + batch * T + src, mask=ok, other=0) != 0)
-        m = ok[:, None] & c_ok[None, :]
-        at = (batch * T + src).to(tl.int64)[:, None] * (2 * D) + cs[None, :]
-        a = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
-        gate = tl.load(g_ptr + at + D, mask=m, other=0.0).to(tl.float32)
-        glu = (a * tl.sigmoid(gate)).to(g_ptr.dtype.element_ty).to(tl.float32)
+        glu = _glu_rows(g_ptr, valid_ptr, batch, src, (src >= 0) & (src < T), cs, c_ok, T, D,
+                        HAS_MASK)  # fmt: skip
         acc += glu * tl.load(w_ptr + cs * K + k, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    acc += tl.load(b_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    conv = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # the convolution's output dtype
-    out = (conv * tl.sigmoid(conv)).to(out_ptr.dtype.element_ty)
-    at = (batch * T + ts).to(tl.int64)[:, None] * D + cs[None, :]
-    tl.store(out_ptr + at, out, mask=(ts < T)[:, None] & c_ok[None, :])
+    _bias_silu_store(acc, b_ptr, out_ptr, batch, ts, cs, c_ok, T, D)
 
 
 @triton.jit
@@ -151,24 +164,13 @@ def _glu_window_kernel(
     window = tl.arange(0, BW)
     src = t0 - (K - 1) // 2 + window
     ok = (src >= 0) & (src < T) & (window < BT + K - 1)
-    if HAS_MASK:
-        ok = ok & (tl.load(valid_ptr + batch * T + src, mask=ok, other=0) != 0)
-    m = ok[:, None] & c_ok[None, :]
-    at = (batch * T + src).to(tl.int64)[:, None] * (2 * D) + cs[None, :]
-    a = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
-    gate = tl.load(g_ptr + at + D, mask=m, other=0.0).to(tl.float32)
-    glu = (a * tl.sigmoid(gate)).to(g_ptr.dtype.element_ty).to(tl.float32)  # 0 where masked
+    glu = _glu_rows(g_ptr, valid_ptr, batch, src, ok, cs, c_ok, T, D, HAS_MASK)
     rows = tl.arange(0, BT)[:, None] + tl.zeros([BT, BC], dtype=tl.int32)
     acc = tl.zeros([BT, BC], dtype=tl.float32)
     for k in tl.static_range(K):
         tap = tl.gather(glu, rows + k, axis=0)
         acc += tap * tl.load(w_ptr + cs * K + k, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    acc += tl.load(b_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-    conv = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # the convolution's output dtype
-    out = (conv * tl.sigmoid(conv)).to(out_ptr.dtype.element_ty)
-    ts = t0 + tl.arange(0, BT)
-    at = (batch * T + ts).to(tl.int64)[:, None] * D + cs[None, :]
-    tl.store(out_ptr + at, out, mask=(ts < T)[:, None] & c_ok[None, :])
+    _bias_silu_store(acc, b_ptr, out_ptr, batch, t0 + tl.arange(0, BT), cs, c_ok, T, D)
 
 
 @triton.jit
