@@ -2,7 +2,8 @@
 replaced (query terms, position GEMM, rel-shifted bias, cuDNN SDPA, head merge), on the
 full-size model's attention (d_model 1024, 8 heads) at batch 1 and at batch 32/64, padded and
 not, for a sweep of tilings; also the largest difference between the two outputs. Each time is
-per call from a CUDA graph of REPLAYED calls (as in the encoder's graphs: no launch costs).
+per call, timed inside a CUDA graph (gpu_micro.graph_timed: as in the encoder's graphs, no
+launch costs).
 
 Run on the device: python3 benchmarks/gpu_attention_micro.py --out $OUT/gpu_attention_micro.json
 """
@@ -13,7 +14,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from gpu_micro import gpu_record, graph_timed  # noqa: E402
 
 from budgie.config import EncoderConfig  # noqa: E402
 from budgie.encoder import ConformerEncoder, time_mask  # noqa: E402
@@ -33,7 +34,6 @@ from budgie.triton_encoder import (  # noqa: E402
     query_terms,
 )
 
-REPLAYED = 10
 TILINGS = [
     AttentionTiles(rows, keys, warps, stages)
     for rows in (16, 32)
@@ -51,30 +51,6 @@ CASES = {
     "b64_t384_masked": (64, 384, 240),
     "b64_t375": (64, 375, 375),
 }
-
-
-def timed(fn: Any, reps: int = 10) -> float:
-    """Median milliseconds per call of ``fn`` captured REPLAYED times in a CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(REPLAYED):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / REPLAYED)
-    return sorted(times)[len(times) // 2]
 
 
 def measure(
@@ -100,19 +76,19 @@ def measure(
 
     with torch.inference_mode():
         want = five_kernels()
-        row: dict[str, Any] = {"five_kernels_ms": timed(five_kernels), "tilings": []}
+        row: dict[str, Any] = {"five_kernels_ms": graph_timed(five_kernels), "tilings": []}
         for tiles in TILINGS:
             print(" ", tuple(tiles.__dict__.values()), end=" ", flush=True)  # a crash: the last
             try:
                 got = relative_attention(attn, qkv, positions, valid, tiles)
-                ms = timed(lambda t=tiles: relative_attention(attn, qkv, positions, valid, t))
+                ms = graph_timed(lambda t=tiles: relative_attention(attn, qkv, positions, valid, t))
             except Exception as exc:  # e.g. out of shared memory: record and go on
                 row["tilings"].append({"tiles": tiles.__dict__, "error": repr(exc)[:200]})
                 continue
             diff = float((got.float() - want.float()).abs().max())
             print(round(ms, 4), flush=True)
             row["tilings"].append({"tiles": tiles.__dict__, "ms": ms, "max_diff": diff})
-        row["default_ms"] = timed(lambda: relative_attention(attn, qkv, positions, valid))
+        row["default_ms"] = graph_timed(lambda: relative_attention(attn, qkv, positions, valid))
     row["typical_value"] = float(want.float().pow(2).mean().sqrt())
     timings = [r for r in row["tilings"] if "ms" in r]
     row["best"] = sorted(timings, key=lambda r: r["ms"])[:5]
@@ -134,12 +110,7 @@ def main() -> None:
     with torch.no_grad():
         attn.pos_bias_u.uniform_(-0.5, 0.5)
         attn.pos_bias_v.uniform_(-0.5, 0.5)
-    result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "command": " ".join(sys.argv),
-        "runs": [],
-    }
+    result = gpu_record()
     for name, (batch, frames, shortest) in CASES.items():
         row = {"case": name, **measure(encoder, attn, batch, frames, shortest)}
         print(

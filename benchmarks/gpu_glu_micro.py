@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
-from gpu_attention_micro import timed  # noqa: E402
+from gpu_micro import gpu_record, graph_timed  # noqa: E402
 
 from budgie import triton_encoder  # noqa: E402
 from budgie.config import EncoderConfig  # noqa: E402
@@ -44,12 +43,7 @@ def main() -> None:
     encoder.fold_batch_norms()
     encoder.set_matmul_dtype(torch.bfloat16)
     conv = encoder.layers[0].conv
-    result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "command": " ".join(sys.argv),
-        "runs": [],
-    }
+    result = gpu_record()
     for name, (batch, frames, shortest) in CASES.items():
         gen = torch.Generator(device=dev).manual_seed(0)
         g = torch.randn(batch, frames, 2048, device=dev, dtype=torch.bfloat16, generator=gen)
@@ -63,7 +57,7 @@ def main() -> None:
         with torch.inference_mode():
             triton_encoder.GLU_WINDOW = False
             want = run()
-            row["taps_ms"] = timed(run)
+            row["taps_ms"] = graph_timed(run)
             triton_encoder.GLU_WINDOW = True
             for bt, bc, warps in TILINGS:
                 triton_encoder.WINDOW_TIME_BLOCK = bt
@@ -71,7 +65,7 @@ def main() -> None:
                 triton_encoder.WINDOW_WARPS = warps
                 got = run()
                 diff = float((got.float() - want.float()).abs().max())
-                ms = timed(run)
+                ms = graph_timed(run)
                 row[f"window_t{bt}_c{bc}_w{warps}_ms"] = ms
                 row[f"window_t{bt}_c{bc}_w{warps}_max_diff"] = diff
         print(row, flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
-from gpu_attention_micro import timed  # noqa: E402
+from gpu_micro import gpu_record, graph_timed  # noqa: E402
 
 from budgie import triton_encoder  # noqa: E402
 from budgie.triton_encoder import add_layer_norm  # noqa: E402
@@ -33,12 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     dev = torch.device("cuda")
     norm = torch.nn.LayerNorm(1024).to(dev)
-    result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "command": " ".join(sys.argv),
-        "runs": [],
-    }
+    result = gpu_record()
     for name, (batch, frames) in CASES.items():
         x = torch.randn(batch, frames, 1024, device=dev)
         branch = torch.randn(batch, frames, 1024, device=dev, dtype=torch.bfloat16)
@@ -50,7 +44,7 @@ def main() -> None:
         with torch.inference_mode():
             for rows, warps in TILINGS:
                 triton_encoder.ROWS_PER_PROGRAM, triton_encoder.LAYER_NORM_WARPS = rows, warps
-                row[f"rows{rows}_w{warps}_ms"] = timed(run)
+                row[f"rows{rows}_w{warps}_ms"] = graph_timed(run)
         print(row, flush=True)
         result["runs"].append(row)
     args.out.write_text(json.dumps(result, indent=1))
