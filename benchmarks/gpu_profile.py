@@ -71,6 +71,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "loop": False,
     },
+    "graphs_triton_barrier_phases": {  # phase timer synchronizing at every phase boundary
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "overlap_phases": False,
+    },
     "graphs_triton_fp32_decoder": {
         "compile_decoder": False,
         "compile_encoder": False,
@@ -102,7 +108,11 @@ def runner(
     flash_attention: bool = True,
     glu_window: bool = True,
     first_conv: bool = True,
+    overlap_phases: bool = True,
 ) -> CudaRunner:
+    import budgie.timing
+
+    budgie.timing.OVERLAP_PHASES = overlap_phases
     if triton:
         import budgie.triton_encoder
 
@@ -181,6 +191,7 @@ def kernel_profile(model: Model, clip: str | list[str], batch: int = 1) -> dict[
         if event.device_type == torch.autograd.DeviceType.CUDA:
             kernels.setdefault(event.name, []).append(event.device_time)
     rows = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))
+    busy_us, span_us = device_busy(prof.events())
     table = [{"name": k[:120], "count": len(v), "total_us": sum(v)} for k, v in rows[:40]]
     for row in table[:25]:
         print(f"  {row['total_us']:9.1f} us {row['count']:5d}x  {row['name']}", flush=True)
@@ -189,8 +200,32 @@ def kernel_profile(model: Model, clip: str | list[str], batch: int = 1) -> dict[
         "phases_ms": result.timings.__dict__,
         "kernel_count": sum(len(v) for v in kernels.values()),
         "kernel_total_us": sum(sum(v) for v in kernels.values()),
+        "device_busy_us": busy_us,  # union of kernel and copy intervals
+        "device_span_us": span_us,  # first start to last end: busy + idle gaps between
         "top": table,
     }
+
+
+def device_busy(events: Any) -> tuple[float, float]:
+    """Time the GPU was busy (union of its activity intervals) and the span from its first
+    activity to its last: the difference is where it waited on the host."""
+    spans = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    if not spans:
+        return 0.0, 0.0
+    busy, (start, end) = 0.0, spans[0]
+    first = start
+    for s, e in spans[1:]:
+        if s > end:
+            busy += end - start
+            start, end = s, e
+        else:
+            end = max(end, e)
+    busy += end - start
+    return busy, end - first
 
 
 def main() -> None:
