@@ -2,7 +2,10 @@
 64, through cuBLAS and through cuBLASLt (``torch.backends.cuda.preferred_blas_library``), with
 the weight as stored ([out, in], what nn.Linear holds) and transposed ([in, out]). Each time is
 per call inside a CUDA graph (gpu_micro.graph_timed), next to the call's weight-read and
-arithmetic floors on an H100 (3.35 TB/s, 990 dense bf16 TFLOPS).
+arithmetic floors on an H100 (3.35 TB/s, 990 dense bf16 TFLOPS). Also split-K through cuBLAS'
+batched GEMM (the K dimension cut into 2-8 slices, float32 partial products; what a consumer
+kernel that sums them would need), since at batch 1 the GEMMs have too few output tiles to fill
+the GPU.
 
 Why: at batch 1 the GEMMs are about half of the encoder's kernel time and run at ~2x their
 floors (benchmarks/results/gpu_profile_h100_2026-11-24_session6_end.json); which library and
@@ -30,6 +33,7 @@ from gpu_micro import gpu_record, graph_timed  # noqa: E402
 # and the convolution's second pointwise, the convolution's first pointwise (GLU input).
 LINEARS = [(1024, 4096), (4096, 1024), (1024, 3072), (1024, 1024), (1024, 2048)]
 ROWS = [128, 256, 384, 64 * 256]
+SPLITS = (2, 4, 8)
 BANDWIDTH = 3.35e12
 TENSOR_FLOPS = 990e12
 
@@ -71,6 +75,16 @@ def main() -> None:
                     row[f"{library}_{name}_us"] = graph_timed(fn) * 1000
                     row[f"{library}_{name}_max_diff"] = float((got - want).abs().max())
             torch.backends.cuda.preferred_blas_library("cublas")
+            for splits in SPLITS:  # split-K: float32 partial products, summed by the consumer
+                a = x.view(rows, splits, fan_in // splits).transpose(0, 1)
+                b = weight.view(fan_out, splits, fan_in // splits).permute(1, 2, 0)
+
+                def split_k(a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor:
+                    return torch.bmm(a, b, out_dtype=torch.float32)
+
+                got = split_k().sum(0) + bias.float()
+                row[f"split{splits}_bmm_us"] = graph_timed(split_k) * 1000
+                row[f"split{splits}_max_diff"] = float((got - want).abs().max())
             print(
                 f"{rows:6d} x {fan_in}->{fan_out}: "
                 + " ".join(f"{k}={v:.2f}" for k, v in row.items() if k.endswith("_us")),
