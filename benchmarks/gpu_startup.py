@@ -5,7 +5,9 @@ Builds the full-size synthetic v2 checkpoint, fills Budgie's checkpoint cache, t
 ``--runs`` fresh processes that each time: importing torch and budgie, creating the CUDA
 context, reading the cached checkpoint, building the module, moving/casting it to the GPU in
 bf16, the tokenizer, the first cuBLAS, cuDNN and cuFFT calls, and the first transcribe of one
-clip with its phases. Run on the device:
+clip with its phases; then load_model and the first transcribe as they are, and without the
+warm-up thread (cuda_warmup) and the first-use decoder graph (cuda_runner.GRAPH_FIRST_DECODE),
+alternating. Run on the device:
     python3 benchmarks/gpu_startup.py --out $OUT/gpu_startup.json
 """
 
@@ -34,6 +36,10 @@ from budgie.checkpoint import load_checkpoint
 from budgie.model import ParakeetTDT
 from budgie.text import Tokenizer
 ckpt_path, clip, split = sys.argv[1], sys.argv[2], sys.argv[3] == "split"
+if sys.argv[3] == "load_model_baseline":  # without the warm-up thread and first-use decode graph
+    import budgie.cuda_runner, budgie.cuda_warmup
+    budgie.cuda_warmup.ENABLED = False
+    budgie.cuda_runner.GRAPH_FIRST_DECODE = False
 if split:
     torch.zeros(1, device="cuda"); torch.cuda.synchronize(); mark("cuda_context")
     ckpt = load_checkpoint(ckpt_path); mark("read_checkpoint")
@@ -75,7 +81,7 @@ def main() -> None:
     load_model(ckpt, device="cpu")  # fills the checkpoint cache
     record = gpu_record()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    for kind in ["split", "load_model"] * args.runs:
+    for kind in ["split"] + ["load_model_baseline", "load_model"] * args.runs:
         out = subprocess.run(
             [sys.executable, "-c", CHILD, str(ckpt), clip, kind],
             capture_output=True,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from budgie import cuda_runner
+from budgie import cuda_runner, cuda_warmup
 from budgie.audio import to_float32
 from budgie.cuda_runner import FEATURE_BUCKET, bucket_batch, bucket_frames, samples_bucket
 from budgie.frontend import MelFeaturizer
@@ -296,3 +296,47 @@ def test_int16_batches_give_the_features_of_float32_batches(synth_models: SynthM
     for row, n in enumerate(eager_len.tolist()):  # the bucket's extra frames are zero
         assert torch.allclose(graphed[row, :, :n], eager[row, :, :n], atol=1e-5)
         assert not graphed[row, :, n:].any()
+
+
+def test_warm_up_only_for_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cuda_warmup.start(torch.device("cpu")) is None
+    monkeypatch.setattr(cuda_warmup, "ENABLED", False)
+    assert cuda_warmup.start(torch.device("cuda")) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_warm_up_runs_every_library_call() -> None:
+    assert cuda_warmup.warm_up(torch.device("cuda"))
+    thread = cuda_warmup.start(torch.device("cuda"))
+    assert thread is not None
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_first_decode_replays_a_graph_of_the_eager_step(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shape's first decode captures the torch step on the spot: the hypotheses of the eager
+    step; the second use builds the machine kept for repeated use."""
+    net = copy.deepcopy(synth_models.model("tiny").network).to("cuda")
+    gen = torch.Generator().manual_seed(3)
+    encoded = (torch.randn(2, 40, net.cfg.encoder.d_model, generator=gen) * 3).cuda()
+    lengths = torch.tensor([40, 23], device="cuda")
+
+    def runner() -> cuda_runner.CudaRunner:
+        made = cuda_runner.CudaRunner(net)
+        made.triton_decoder, made.loop_decoder = None, None
+        return made
+
+    graphed = runner()
+    first = graphed.decode(encoded, lengths)
+    assert next(iter(graphed._decoders.values()))[1] is not None
+    assert not graphed._final_decoders
+    monkeypatch.setattr(cuda_runner, "GRAPH_FIRST_DECODE", False)
+    eager = runner()
+    assert eager.decode(encoded, lengths) == first
+    assert next(iter(eager._decoders.values()))[1] is None
+    assert sum(len(h.token_ids) for h in first) > 0
+    assert graphed.decode(encoded, lengths) == first
+    assert len(graphed._final_decoders) == 1

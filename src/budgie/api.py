@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from budgie import cuda_warmup
 from budgie.checkpoint import load_checkpoint
 from budgie.cpu_decoding import TorchCpuDecoder
 from budgie.errors import BudgieError
@@ -104,12 +105,15 @@ def load_model(
     target = resolve_device(device)
     decoder_target = resolve_decoder_device(decoder_device, target)
     encoder_dtype = resolve_dtype(dtype, target)
+    warming = cuda_warmup.start(target)  # CUDA context and libraries while the weights load
     checkpoint = load_checkpoint(name_or_path)
     network = ParakeetTDT.from_state_dict(checkpoint.config, checkpoint.state_dict)
     if target.type == "cuda":  # exact on CPU; on the GPU one kernel less per layer
         network.encoder.fold_batch_norms()
     network.encoder.set_matmul_dtype(encoder_dtype, target)
     network.to(target)
+    if warming is not None:
+        warming.join()
     tokenizer = Tokenizer(checkpoint.tokenizer_path)
     if tokenizer.vocab_size != checkpoint.config.vocab_size:
         raise BudgieError(

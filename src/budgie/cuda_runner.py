@@ -61,6 +61,11 @@ DECODER_FRAMES = 512
 # stops at TRITON_MAX_BATCH_COMPILED.
 TRITON_MAX_BATCH = 64
 TRITON_MAX_BATCH_COMPILED = 8
+# A shape's first decode replays the torch step from a CUDA graph captured on the spot rather
+# than launching its ~50 kernels per step eagerly: a capture costs about what 20 eager steps do
+# and a decode takes 100-400 steps (the Triton machines come from the second use on: building
+# them may compile).
+GRAPH_FIRST_DECODE = True
 # Batches of at least this many samples (~60 s of audio) are packed into pinned memory by
 # FILL_THREADS threads.
 PARALLEL_FILL_SAMPLES = 1_000_000
@@ -318,6 +323,7 @@ class CudaRunner:
         self._fill_pool: ThreadPoolExecutor | None = None
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
+        self._final_decoders: set[tuple[int, int]] = set()  # built for repeated use
         self._uses: dict[tuple[str, int, int], int] = {}
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
@@ -391,7 +397,8 @@ class CudaRunner:
         """A step machine for (batch, frames): when graphs are due, the one-launch loop machine
         (no graph) up to its max_batch, then the Triton one in a graph up to TRITON_MAX_BATCH
         (TRITON_MAX_BATCH_COMPILED when the torch step is compiled), else the torch one
-        (graphed; compiled when asked)."""
+        (graphed; compiled when asked). For a shape's first use, the torch step, in a graph
+        on CUDA (GRAPH_FIRST_DECODE)."""
         net = self.network
         loop = self.loop_decoder
         if graphed and loop is not None and batch <= getattr(loop, "max_batch", 0):
@@ -416,7 +423,11 @@ class CudaRunner:
             if built is not None:
                 return built
         machine = StepDecoder.for_network(net, batch, frames, device)
-        return machine, GraphedStepDecoder(machine, self.compile_decoder) if graphed else None
+        if graphed:
+            return machine, GraphedStepDecoder(machine, self.compile_decoder)
+        if GRAPH_FIRST_DECODE and self.use_graphs and device.type == "cuda":
+            return machine, GraphedStepDecoder(machine, False)  # a one-off: not compiled
+        return machine, None
 
     def _try_triton(
         self,
@@ -442,10 +453,12 @@ class CudaRunner:
         frames = -(-encoded.shape[1] // DECODER_FRAMES) * DECODER_FRAMES
         key = (batch, frames)
         machine, graphed = self._decoders.get(key, (None, None))
-        wants_graph = self._graph_now("decoder", key)
-        if machine is None or (graphed is None and wants_graph and not machine.runs_to_end):
-            machine, graphed = self._decoder_machine(batch, frames, encoded.device, wants_graph)
+        repeated = self._graph_now("decoder", key)
+        if machine is None or (repeated and key not in self._final_decoders):
+            machine, graphed = self._decoder_machine(batch, frames, encoded.device, repeated)
             self._decoders[key] = (machine, graphed)
+            if repeated:
+                self._final_decoders.add(key)
         enc_proj = net.joint.project_encoder(encoded)
         if machine.runs_to_end:  # launched before the lengths come to the host: no idle wait
             hyps = decode_with_steps(machine, enc_proj, lengths, graphed)
