@@ -54,6 +54,13 @@ if split:
     mark("first_cudnn")
     torch.stft(torch.randn(4000, device="cuda"), 512, 160, return_complex=True).abs().sum().item()
     mark("first_cufft")
+    for n in (320000, 300007):  # a 20 s signal, then another size: new cuFFT plans
+        torch.stft(torch.randn(n, device="cuda"), 512, 160, return_complex=True).abs().sum().item()
+        mark(f"cufft_{n}")
+    for n in (320000, 300007):  # the frontend itself, eagerly
+        audio = torch.randn(1, n, device="cuda")
+        net.preprocessor(audio, torch.tensor([n], device="cuda"))[0].sum().item()
+        mark(f"frontend_{n}")
 else:
     model = api.load_model(ckpt_path, device="cuda", dtype="bf16"); mark("load_model")
     r = model.transcribe(clip); mark("first_transcribe")
