@@ -77,6 +77,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "overlap_phases": False,
     },
+    "graphs_triton_window2": {  # the loop decoder's joint phase covers 2 frames ahead
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "loop_window": 2,
+    },
+    "graphs_triton_window4": {
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "loop_window": 4,
+    },
     "graphs_triton_fp32_decoder": {
         "compile_decoder": False,
         "compile_encoder": False,
@@ -109,6 +121,7 @@ def runner(
     glu_window: bool = True,
     first_conv: bool = True,
     overlap_phases: bool = True,
+    loop_window: int = 1,
 ) -> CudaRunner:
     import budgie.timing
 
@@ -125,6 +138,18 @@ def runner(
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton or not loop or fp32_decoder:
         made.loop_decoder = None
+    if loop_window > 1 and made.loop_decoder is not None:
+        from budgie.triton_loop import LoopConfig, LoopDecoder
+
+        class Windowed(LoopDecoder):
+            @classmethod
+            def network_options(cls, network: Any) -> dict[str, Any]:
+                return {
+                    **super().network_options(network),
+                    "config": LoopConfig(window=loop_window),
+                }
+
+        made.loop_decoder = Windowed
     if not triton:
         made.triton_decoder = None
     elif fp32_decoder:  # the Triton step with float32 weights whatever the model's dtype
