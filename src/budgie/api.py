@@ -105,7 +105,7 @@ def load_model(
     target = resolve_device(device)
     decoder_target = resolve_decoder_device(decoder_device, target)
     encoder_dtype = resolve_dtype(dtype, target)
-    warming = cuda_warmup.start(target, encoder_dtype)  # CUDA set up while the weights load
+    warming = cuda_warmup.start(target)  # CUDA set up while the weights load
     checkpoint = load_checkpoint(name_or_path)
     network = ParakeetTDT.from_state_dict(checkpoint.config, checkpoint.state_dict)
     if target.type == "cuda":  # exact on CPU; on the GPU one kernel less per layer
