@@ -240,7 +240,6 @@ def main() -> None:
         loops: dict[str, Any] = {"loop": LoopConfig()}
         if not args.no_sweep:
             loops |= {
-                "loop_atomic_poll": LoopConfig(poll_loads=False),  # barriers polled by atomics
                 "loop_ahead2": LoopConfig(window=2),
                 "loop_ahead4": LoopConfig(window=4),
                 "loop_ahead8": LoopConfig(window=8),

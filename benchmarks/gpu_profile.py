@@ -89,12 +89,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "loop_window": 4,
     },
-    "graphs_triton_atomic_poll": {  # the loop decoder's barriers polled by atomics
-        "compile_decoder": False,
-        "compile_encoder": False,
-        "triton": True,
-        "loop_poll_loads": False,
-    },
     "graphs_triton_fp32_decoder": {
         "compile_decoder": False,
         "compile_encoder": False,
@@ -128,7 +122,6 @@ def runner(
     first_conv: bool = True,
     overlap_phases: bool = True,
     loop_window: int = 1,
-    loop_poll_loads: bool = True,
 ) -> CudaRunner:
     import budgie.timing
 
@@ -145,7 +138,7 @@ def runner(
     made = CudaRunner(model.network, True, compile_decoder, compile_encoder)
     if not triton or not loop or fp32_decoder:
         made.loop_decoder = None
-    if (loop_window > 1 or not loop_poll_loads) and made.loop_decoder is not None:
+    if loop_window > 1 and made.loop_decoder is not None:
         from budgie.triton_loop import LoopConfig, LoopDecoder
 
         class Windowed(LoopDecoder):
@@ -153,7 +146,7 @@ def runner(
             def network_options(cls, network: Any) -> dict[str, Any]:
                 return {
                     **super().network_options(network),
-                    "config": LoopConfig(window=loop_window, poll_loads=loop_poll_loads),
+                    "config": LoopConfig(window=loop_window),
                 }
 
         made.loop_decoder = Windowed

@@ -37,11 +37,10 @@ BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9],
 
 
 # LoopConfigs tested: the default; narrow tiles (on the GPU more tiles than programs, so each
-# program walks several), with the barriers polled by acquiring atomics instead of loads;
-# look-ahead windows of 2 and 4 frames (blanks walked within them).
+# program walks several); look-ahead windows of 2 and 4 frames (blanks walked within them).
 CONFIGS = {
     "default": LoopConfig(),
-    "narrow": LoopConfig(block_n=4, block_h=2, block_j=2, poll_loads=False),
+    "narrow": LoopConfig(block_n=4, block_h=2, block_j=2),
     "window2": LoopConfig(window=2),
     "window4": LoopConfig(window=4),
 }

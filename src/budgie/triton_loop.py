@@ -68,10 +68,6 @@ class LoopConfig(TritonConfig):
     # benchmarks/results/gpu_decoder_micro_h100_2026-11-24_lookahead.json,
     # gpu_decode_context_h100_2026-11-24_lookahead.json), so off by default.
     window: int = 1
-    # How programs wait at a grid barrier: polling the arrival counter with volatile loads
-    # (then one acquiring atomic), or with acquiring atomics, each a read-modify-write that
-    # queues at the counter's L2 slice ahead of the last arrivals.
-    poll_loads: bool = True
     # Defaults: the fastest on an H100 (one joint tile of 8 outputs and one projection tile per
     # program, 8 hidden units per LSTM tile, a whole LSTM row per tile up to 2 rows: speech-like
     # 8.5-9.1 us per step at batch 1 in bf16 vs 14.8 for the graphed step kernels, 11.1 at 2,
@@ -85,24 +81,15 @@ class LoopConfig(TritonConfig):
 
 
 @triton.jit
-def _grid_sync(counter_ptr, passed, P, POLL_LOADS: tl.constexpr):
+def _grid_sync(counter_ptr, passed, P):
     """Grid-wide barrier number ``passed`` (1, 2, ...): arrive at the counter, then wait until
     every program has. The release/acquire pair makes every program's earlier stores visible to
-    the loads after it (those loads bypass L1, see the tiles). POLL_LOADS: wait with volatile
-    loads (reads, which do not queue at the counter's L2 slice as read-modify-writes do, ahead
-    of the last arrivals), then acquire with one atomic: it reads the final count, which every
-    program's release arrival is in the release sequence of."""
+    the loads after it (those loads bypass L1, see the tiles)."""
     tl.debug_barrier()
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-    if POLL_LOADS:
-        arrived = tl.load(counter_ptr, volatile=True)
-        while arrived < passed * P:
-            arrived = tl.load(counter_ptr, volatile=True)
-        tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    else:
+    arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    while arrived < passed * P:
         arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-        while arrived < passed * P:
-            arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
 
 
@@ -129,7 +116,7 @@ def _decode_loop_kernel(
     BB: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr,
     BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
-    W: tl.constexpr, POLL_LOADS: tl.constexpr,
+    W: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     P = tl.num_programs(0)
@@ -143,7 +130,7 @@ def _decode_loop_kernel(
         _start_rows(h_ptr + at, start_h_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
         _start_rows(c_ptr + at, start_c_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
     passed = 1
-    _grid_sync(counter_ptr, passed, P, POLL_LOADS)
+    _grid_sync(counter_ptr, passed, P)
 
     frames = tl.load(len_ptr + rows, mask=row_ok, other=0)
     time = tl.zeros([BB], dtype=tl.int64)
@@ -173,7 +160,7 @@ def _decode_loop_kernel(
                 logits_ptr, cols, J, N, BB * W, BN, BK_JOINT,
             )  # fmt: skip
         passed += 1
-        _grid_sync(counter_ptr, passed, P, POLL_LOADS)
+        _grid_sync(counter_ptr, passed, P)
 
         # Every row takes steps from these logits until it emits or leaves its window (blanks
         # do not change the prediction, so the joint at the frames ahead is already right).
@@ -222,7 +209,7 @@ def _decode_loop_kernel(
                         rows, row_ok, emit, hs, H, True, BB, BH, BK_LSTM,
                     )  # fmt: skip
                 passed += 1
-                _grid_sync(counter_ptr, passed, P, POLL_LOADS)
+                _grid_sync(counter_ptr, passed, P)
             top = h_ptr + (new * L + L - 1) * layer_size
             for tile in range(pid, tl.cdiv(J, BJ), P):
                 js = tile * BJ + tl.arange(0, BJ)
@@ -230,7 +217,7 @@ def _decode_loop_kernel(
                     w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK_PROJ
                 )
             passed += 1
-            _grid_sync(counter_ptr, passed, P, POLL_LOADS)
+            _grid_sync(counter_ptr, passed, P)
             old = new
         active = row_ok & (time < frames)
 
@@ -346,6 +333,6 @@ class LoopDecoder(TritonStepDecoder):
             BL=min(triton.next_power_of_2(labels), max(16, 8192 // bb)),
             BD=triton.next_power_of_2(outputs - labels),
             BC=max(16, 1024 // bb),
-            W=cfg.window, POLL_LOADS=cfg.poll_loads,
+            W=cfg.window,
             num_warps=cfg.num_warps,
         )  # fmt: skip
