@@ -71,8 +71,9 @@ class PhaseClock:
         return self._ms
 
     def _event(self) -> torch.cuda.Event:
+        """An event at this point of the clock's device's current stream."""
         event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return event
 
     def _settle(self) -> None:
