@@ -11,8 +11,10 @@ import torch
 from budgie import cuda_runner, cuda_warmup
 from budgie.audio import to_float32
 from budgie.cuda_runner import FEATURE_BUCKET, bucket_batch, bucket_frames, samples_bucket
+from budgie.decoding import Hypothesis
 from budgie.frontend import MelFeaturizer
 from budgie.gpu_decoding import STEPS_PER_GRAPH, StepDecoder, unchecked_replays
+from budgie.model import ParakeetTDT
 from conftest import SynthModels
 
 HOP = 160
@@ -221,25 +223,39 @@ def test_loop_decoder_failure_falls_back_to_steps(
     assert runner.loop_decoder is None  # not tried again
 
 
-def test_decode_keeps_its_loop_machine(
-    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """First use of a shape: the eager torch machine; from the second on, the loop machine,
-    built once (it has no graph, which must not make every call rebuild it); the same
-    hypotheses throughout."""
-    net = synth_models.model("tiny").network
+def _decode_four_times(
+    net: ParakeetTDT, device: str
+) -> tuple[list[list[Hypothesis]], list[StepDecoder], cuda_runner.CudaRunner]:
+    """Four decodes of one input; the hypotheses and the machine after each."""
     runner = cuda_runner.CudaRunner(net)
     runner.triton_decoder, runner.loop_decoder = None, _FakeLoop
     gen = torch.Generator().manual_seed(0)
-    encoded = torch.randn(1, 40, net.cfg.encoder.d_model, generator=gen) * 3
-    lengths = torch.tensor([40])
-    first = runner.decode(encoded, lengths)
-    seen = []
-    for _ in range(3):
-        assert runner.decode(encoded, lengths) == first
-        seen.append(next(iter(runner._decoders.values()))[0])
-    assert type(seen[0]) is _FakeLoop and seen[0] is seen[1] is seen[2]
-    assert sum(len(h.token_ids) for h in first) > 0
+    encoded = (torch.randn(1, 40, net.cfg.encoder.d_model, generator=gen) * 3).to(device)
+    lengths = torch.tensor([40], device=device)
+    hyps, machines = [], []
+    for _ in range(4):
+        hyps.append(runner.decode(encoded, lengths))
+        machines.append(next(iter(runner._decoders.values()))[0])
+    return hyps, machines, runner
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_decode_keeps_its_loop_machine(synth_models: SynthModels, device: str) -> None:
+    """First use of a shape: the torch machine; from the second on, the loop machine, built
+    once (it has no graph, which must not make every call rebuild it); the same hypotheses
+    throughout. On CUDA the loop machine's lengths come through pinned memory: the steps per
+    frame it learns from them equal the CPU runner's."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    net = synth_models.model("tiny").network
+    hyps, machines, runner = _decode_four_times(copy.deepcopy(net).to(device), device)
+    assert all(h == hyps[0] for h in hyps[1:])
+    assert type(machines[1]) is _FakeLoop and machines[1] is machines[2] is machines[3]
+    assert sum(len(h.token_ids) for h in hyps[0]) > 0
+    if device == "cuda":
+        on_cpu, _, cpu_runner = _decode_four_times(net, "cpu")
+        assert on_cpu == hyps
+        assert runner._steps_per_frame == cpu_runner._steps_per_frame != 0.25
 
 
 @pytest.mark.parametrize("threads", [0, 3])

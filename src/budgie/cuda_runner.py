@@ -324,6 +324,7 @@ class CudaRunner:
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
         self._final_decoders: set[tuple[int, int]] = set()  # built for repeated use
+        self._host_lengths: Tensor | None = None  # pinned, for the decoded lengths
         self._uses: dict[tuple[str, int, int], int] = {}
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
@@ -446,6 +447,18 @@ class CudaRunner:
             setattr(self, attribute, None)
             return None
 
+    def _queue_to_host(self, lengths: Tensor) -> Tensor | None:
+        """CUDA lengths copied into reusable pinned memory behind the work queued so far (no
+        wait here; read them after the stream is synchronized); None off CUDA."""
+        if not lengths.is_cuda:
+            return None
+        n = lengths.numel()
+        if self._host_lengths is None or self._host_lengths.numel() < n:
+            self._host_lengths = torch.empty(max(n, 64), dtype=torch.long, pin_memory=True)
+        out = self._host_lengths[:n]
+        out.copy_(lengths, non_blocking=True)
+        return out
+
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
         net = self.network
         encoded = encoded.float()
@@ -461,8 +474,10 @@ class CudaRunner:
                 self._final_decoders.add(key)
         enc_proj = net.joint.project_encoder(encoded)
         if machine.runs_to_end:  # launched before the lengths come to the host: no idle wait
+            host_lengths = self._queue_to_host(lengths)
             hyps = decode_with_steps(machine, enc_proj, lengths, graphed)
-            lengths_list = lengths.tolist()
+            # (the hypotheses waited for the stream, the lengths' copy included)
+            lengths_list = (host_lengths if host_lengths is not None else lengths).tolist()
         else:
             lengths_list = lengths.tolist()
             longest = max(lengths_list, default=0)
