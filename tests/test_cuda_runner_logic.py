@@ -320,6 +320,25 @@ def test_warm_up_only_for_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cuda_warmup.start(torch.device("cuda")) is None
 
 
+def test_first_transcribe_waits_for_the_warm_up(synth_models: SynthModels) -> None:
+    """load_model leaves the warm-up running; the first transcribe joins it and forgets it."""
+    import threading
+    import time
+
+    model = copy.copy(synth_models.model("tiny"))
+    finished = threading.Event()
+
+    def slow_warm_up() -> None:
+        time.sleep(0.2)
+        finished.set()
+
+    model.warming = threading.Thread(target=slow_warm_up)
+    model.warming.start()
+    samples = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    model.transcribe(samples)
+    assert finished.is_set() and model.warming is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_warm_up_runs_every_library_call() -> None:
     assert cuda_warmup.warm_up(torch.device("cuda"))

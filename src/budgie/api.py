@@ -105,15 +105,13 @@ def load_model(
     target = resolve_device(device)
     decoder_target = resolve_decoder_device(decoder_device, target)
     encoder_dtype = resolve_dtype(dtype, target)
-    warming = cuda_warmup.start(target)  # CUDA set up while the weights load
+    warming = cuda_warmup.start(target)  # CUDA set up while the weights load (and after)
     checkpoint = load_checkpoint(name_or_path)
     network = ParakeetTDT.from_state_dict(checkpoint.config, checkpoint.state_dict)
     if target.type == "cuda":  # exact on CPU; on the GPU one kernel less per layer
         network.encoder.fold_batch_norms()
     network.encoder.set_matmul_dtype(encoder_dtype, target)
     network.to(target)
-    if warming is not None:
-        warming.join()
     tokenizer = Tokenizer(checkpoint.tokenizer_path)
     if tokenizer.vocab_size != checkpoint.config.vocab_size:
         raise BudgieError(
@@ -122,6 +120,7 @@ def load_model(
         )
     source, digest = checkpoint.source, checkpoint.file_hash
     model = Model(network, tokenizer, target, name=source, file_hash=digest)
+    model.warming = warming  # the first transcribe waits for what is left of it
     if decoder_target.type == "cpu":
         decoding = checkpoint.config.decoding
         model.cpu_decoder = TorchCpuDecoder(

@@ -5,8 +5,8 @@ loading cuBLAS, cuDNN and cuFFT on their first calls (0.3-0.8 s together) and fo
 use of each kernel (benchmarks/results/gpu_startup_h100_2026-11-24.json). None of that needs
 the model's weights, so ``start`` does it in a thread while ``load_model`` reads the checkpoint
 and copies the weights to the GPU; the libraries and kernel modules it loads are the process's,
-whichever thread uses them next. The first transcript's eager frontend then finds its kernels
-loaded.
+whichever thread uses them next. ``load_model`` does not wait for it: the model's first
+``transcribe`` does (``Model.warming``), and its eager frontend then finds its kernels loaded.
 """
 
 from __future__ import annotations

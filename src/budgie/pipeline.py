@@ -14,6 +14,7 @@ while the next batch runs on the GPU.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -115,6 +116,9 @@ class Model:
         # The fast CPU decode loop (budgie.cpu_decoding); set by load_model on the CPU and for
         # --decoder-device cpu. None: the decoders in budgie.decoding / the CUDA runner.
         self.cpu_decoder: CpuDecoder | None = None
+        # load_model's CUDA warm-up (budgie.cuda_warmup) while it may still run: the first
+        # transcribe waits for it, so load_model returns as soon as the weights are in place.
+        self.warming: threading.Thread | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -162,6 +166,9 @@ class Model:
         """
         if batch_size < 1:
             raise BudgieError(f"batch_size must be >= 1, got {batch_size}")
+        if self.warming is not None:
+            self.warming.join()
+            self.warming = None
         single = isinstance(audio, (str, os.PathLike, bytes, np.ndarray))
         inputs: list[AudioInput] = (
             [cast(AudioInput, audio)] if single else list(cast(Sequence[AudioInput], audio))
