@@ -47,6 +47,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "flash_attention": False,
     },
+    "graphs_triton_flash_all": {  # the one-kernel attention at every batch size
+        "compile_decoder": False,
+        "compile_encoder": False,
+        "triton": True,
+        "flash_max_batch": 256,
+    },
     "graphs_triton_glu_taps": {  # the GLU + depthwise kernel that recomputes GLU per tap
         "compile_decoder": False,
         "compile_encoder": False,
@@ -118,6 +124,7 @@ def runner(
     fused_qkv: bool = True,
     fused_subsampling: bool = True,
     flash_attention: bool = True,
+    flash_max_batch: int = 4,
     glu_window: bool = True,
     first_conv: bool = True,
     overlap_phases: bool = True,
@@ -131,6 +138,7 @@ def runner(
 
         budgie.triton_encoder.FUSED_QKV = fused_qkv
         budgie.triton_encoder.FLASH_ATTENTION = flash_attention
+        budgie.triton_encoder.FLASH_MAX_BATCH = flash_max_batch
         budgie.triton_encoder.GLU_WINDOW = glu_window
         import budgie.triton_subsampling
 
@@ -261,6 +269,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--profile-each", action="store_true", help="a batch-64 kernel profile per variant"
+    )
     args = parser.parse_args()
     out: dict[str, Any] = {
         "device": torch.cuda.get_device_name(),
@@ -290,6 +301,8 @@ def main() -> None:
             entry: dict[str, Any] = {"latency_b1": latency(model, clips, args.repeats)}
             entry["warm_s"] = time.perf_counter() - t0
             entry["throughput"] = throughput(model, clips * args.copies, 64)
+            if args.profile_each:
+                entry["profile_b64"] = kernel_profile(model, clips * args.copies, batch=64)
             out["variants"][name] = entry
             lat = entry["latency_b1"]
             sums = entry["throughput"]["synced_phase_sums_ms"]
