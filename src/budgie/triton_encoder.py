@@ -73,9 +73,10 @@ FUSED_QKV = True
 # Attention after the QKV GEMM as one flash kernel with the position term inside
 # (triton_attention.py) for batches of up to FLASH_MAX_BATCH rows; larger batches, or all with
 # False: the query, position-GEMM, bias, SDPA and merge kernels. Inside the encoder on an H100
-# the one kernel took the B=1 encoder from 3.04-3.09 to 2.77-2.90 ms, but at batch 32-64 it
-# cost 33 ms per 160 files against 24-27 ms for the five kernels (alone in a micro it was
-# faster there too; benchmarks/results/gpu_profile_h100_2026-11-24_flash_decode_graph_ab.json).
+# the one kernel took the B=1 encoder from 3.04-3.09 to 2.77-2.90 ms, but at batch 64 it cost
+# 33.2 ms per 160 files against 29.2 ms for the five kernels with their position GEMMs (a micro
+# of the longest shape alone had it faster; benchmarks/results/gpu_profile_h100_2026-11-24_
+# flash_all.json and ..._flash_decode_graph_ab.json).
 FLASH_ATTENTION = True
 FLASH_MAX_BATCH = 4
 
