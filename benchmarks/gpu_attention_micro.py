@@ -22,9 +22,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from gpu_micro import gpu_record, graph_timed  # noqa: E402
+from gpu_micro import gpu_record, graph_timed, one_layer_encoder  # noqa: E402
 
-from budgie.config import EncoderConfig  # noqa: E402
 from budgie.encoder import ConformerEncoder, time_mask  # noqa: E402
 from budgie.triton_attention import AttentionTiles, relative_attention  # noqa: E402
 from budgie.triton_encoder import (  # noqa: E402
@@ -103,9 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    dev = torch.device("cuda")
-    encoder = ConformerEncoder(EncoderConfig(n_layers=1)).to(dev)
-    encoder.set_matmul_dtype(torch.bfloat16)
+    encoder = one_layer_encoder()
     attn = encoder.layers[0].self_attn
     with torch.no_grad():
         attn.pos_bias_u.uniform_(-0.5, 0.5)

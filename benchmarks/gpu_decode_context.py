@@ -14,7 +14,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
+from gpu_micro import synth_v2_clips  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
 from budgie.audio import load_audio  # noqa: E402
-from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
 from budgie.cuda_runner import CudaRunner  # noqa: E402
-from budgie.synth import synth_nemo  # noqa: E402
 
 
 def timed_decode(runner: CudaRunner, encoded: torch.Tensor, lengths: torch.Tensor) -> float:
@@ -101,10 +99,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--reps", type=int, default=15)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
-    synth_nemo(work / "v2.nemo", "parakeet-tdt-0.6b-v2", seed=0)
-    clip = write_clips(default_clips(2), work / "clips")[1]
-    model = load_model(work / "v2.nemo", device="cuda", dtype="bf16")
+    checkpoint, clips = synth_v2_clips(2)
+    clip = clips[1]
+    model = load_model(checkpoint, device="cuda", dtype="bf16")
     audio = load_audio(clip)
     out: dict[str, Any] = {
         "device": torch.cuda.get_device_name(),

@@ -17,7 +17,6 @@ import argparse
 import copy
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
+from gpu_micro import synth_v2_clips  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
-from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
 from budgie.gpu_decoding import StepDecoder, decode_with_steps  # noqa: E402
-from budgie.synth import synth_nemo  # noqa: E402
 
 
 def float64_path(net: Any, enc_proj: torch.Tensor, length: int) -> tuple[list[int], float, float]:
@@ -59,10 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     from budgie.triton_decoding import TritonStepDecoder
 
-    work = Path(tempfile.mkdtemp())
-    synth_nemo(work / "v2.nemo", "parakeet-tdt-0.6b-v2", seed=0)
-    clips = write_clips(default_clips(args.clips), work / "clips")
-    model = load_model(work / "v2.nemo", device="cuda", dtype="fp32")
+    checkpoint, clips = synth_v2_clips(args.clips)
+    model = load_model(checkpoint, device="cuda", dtype="fp32")
     net = model.network
     cpu64 = copy.deepcopy(net).cpu().double()
     rows = []

@@ -11,7 +11,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,12 +21,11 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gpu_micro import synth_v2_clips  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
 from budgie.audio import load_audio  # noqa: E402
-from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
 from budgie.cuda_runner import FILL_THREADS, CudaRunner, pack_padded  # noqa: E402
-from budgie.synth import synth_nemo  # noqa: E402
 
 
 def timed(fn: Any, repeats: int) -> float:
@@ -77,12 +75,10 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
-    synth_nemo(work / "v2.nemo", "parakeet-tdt-0.6b-v2", seed=0)
-    model = load_model(work / "v2.nemo", device="cuda", dtype="bf16")
+    checkpoint, paths = synth_v2_clips(20)
+    model = load_model(checkpoint, device="cuda", dtype="bf16")
     runner = model.cuda_runner
     assert isinstance(runner, CudaRunner)
-    paths = [str(p) for p in write_clips(default_clips(20), work / "clips")]
     record: dict[str, Any] = {
         "device": torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

@@ -18,11 +18,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
-from gpu_micro import gpu_record, graph_timed  # noqa: E402
+from gpu_micro import gpu_record, graph_timed, one_layer_encoder  # noqa: E402
 
 from budgie import triton_encoder  # noqa: E402
-from budgie.config import EncoderConfig  # noqa: E402
-from budgie.encoder import ConformerEncoder, time_mask  # noqa: E402
+from budgie.encoder import time_mask  # noqa: E402
 from budgie.triton_encoder import glu_depthwise_silu  # noqa: E402
 
 # (time block, channel block, warps) of the windowed kernel
@@ -39,10 +38,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     dev = torch.device("cuda")
-    encoder = ConformerEncoder(EncoderConfig(n_layers=1)).to(dev)
-    encoder.fold_batch_norms()
-    encoder.set_matmul_dtype(torch.bfloat16)
-    conv = encoder.layers[0].conv
+    conv = one_layer_encoder().layers[0].conv
     result = gpu_record()
     for name, (batch, frames, shortest) in CASES.items():
         gen = torch.Generator(device=dev).manual_seed(0)

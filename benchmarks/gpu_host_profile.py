@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
+from gpu_micro import synth_v2_clips  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
-from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
 from budgie.results import Transcript  # noqa: E402
-from budgie.synth import synth_nemo  # noqa: E402
 
 
 def summarize(raw: Path, top: int = 25) -> dict[str, Any]:
@@ -69,11 +67,9 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=4)
     parser.add_argument("--rate", type=int, default=400, help="py-spy samples per second")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
-    synth_nemo(work / "v2.nemo", "parakeet-tdt-0.6b-v2", seed=0)
-    clips = [str(p) for p in write_clips(default_clips(args.clips), work / "clips")]
+    checkpoint, clips = synth_v2_clips(args.clips)
     files = clips * args.copies
-    model = load_model(work / "v2.nemo", device="cuda", dtype="bf16")
+    model = load_model(checkpoint, device="cuda", dtype="bf16")
     model.sync_phases = False
     for _ in range(2):  # every shape's graphs captured
         model.transcribe(files, batch_size=args.batch)

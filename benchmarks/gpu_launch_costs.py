@@ -13,7 +13,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,10 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
 from gpu_compare import phase_means  # noqa: E402
-from gpu_micro import gpu_record  # noqa: E402
+from gpu_micro import gpu_record, synth_v2_clips  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
-from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
 from budgie.cuda_runner import CudaRunner  # noqa: E402
-from budgie.synth import synth_nemo  # noqa: E402
 
 samples: dict[str, list[float]] = {}
 
@@ -79,10 +76,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--clips", type=int, default=10)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
-    synth_nemo(work / "v2.nemo", "parakeet-tdt-0.6b-v2", seed=0)
-    clips = [str(p) for p in write_clips(default_clips(args.clips), work / "clips")]
-    model = load_model(work / "v2.nemo", device="cuda", dtype="bf16")
+    checkpoint, clips = synth_v2_clips(args.clips)
+    model = load_model(checkpoint, device="cuda", dtype="bf16")
     for _ in range(3):
         model.transcribe(clips)
     record = gpu_record()

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -79,17 +78,15 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent / "src"))
-    from budgie.bench.audioset import default_clips, write_clips
-    from budgie.synth import synth_nemo
+    from gpu_micro import synth_v2_clips
 
-    work = Path(tempfile.mkdtemp())
-    synth_nemo(work / "v2.nemo", "parakeet-tdt-0.6b-v2", seed=0)
-    clip = write_clips(default_clips(1), work / "clips")[0]
+    checkpoint, clips = synth_v2_clips(1)
+    clip = clips[0]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     # First transcript after process start, as gpu_compare.py measures it (the first call
     # fills the checkpoint cache), then the stages one by one.
-    first = [child(FIRST, str(work / "v2.nemo"), str(clip), env=env) for _ in range(3)]
-    runs = [child(CHILD, str(work / "v2.nemo"), str(clip), env=env) for _ in range(2)]
+    first = [child(FIRST, str(checkpoint), clip, env=env) for _ in range(3)]
+    runs = [child(CHILD, str(checkpoint), clip, env=env) for _ in range(2)]
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": " ".join(sys.argv),

@@ -1,11 +1,14 @@
-"""What the GPU kernel micro-benchmarks share: timing a call inside a CUDA graph (as the
-encoder's graphs run it: no launch costs) and the record's header."""
+"""What the GPU benchmarks share: timing a call inside a CUDA graph (as the encoder's graphs
+run it: no launch costs), the record's header, one conformer layer as the fused runner holds
+it, and the synthetic full-size checkpoint with its clips for the scripts that need no NeMo."""
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,3 +49,27 @@ def gpu_record() -> dict[str, Any]:
         "command": " ".join(sys.argv),
         "runs": [],
     }
+
+
+def one_layer_encoder() -> Any:
+    """A one-layer full-size encoder (random weights) on the GPU as the fused runner holds it:
+    BatchNorm folded into the depthwise convolution, linear and convolution weights in bf16."""
+    from budgie.config import EncoderConfig
+    from budgie.encoder import ConformerEncoder
+
+    encoder = ConformerEncoder(EncoderConfig(n_layers=1)).to(torch.device("cuda"))
+    encoder.fold_batch_norms()
+    encoder.set_matmul_dtype(torch.bfloat16)
+    return encoder
+
+
+def synth_v2_clips(count: int) -> tuple[Path, list[str]]:
+    """The full-size synthetic parakeet-tdt-0.6b-v2 checkpoint (seed 0) and the first ``count``
+    default bench clips as WAV files, written to a fresh temporary directory."""
+    from budgie.bench.audioset import default_clips, write_clips
+    from budgie.synth import synth_nemo
+
+    work = Path(tempfile.mkdtemp())
+    checkpoint = work / "v2.nemo"
+    synth_nemo(checkpoint, "parakeet-tdt-0.6b-v2", seed=0)
+    return checkpoint, [str(p) for p in write_clips(default_clips(count), work / "clips")]

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -75,16 +74,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
-    from gpu_micro import gpu_record
+    from gpu_micro import gpu_record, synth_v2_clips
 
     from budgie.api import load_model
-    from budgie.bench.audioset import default_clips, write_clips
-    from budgie.synth import synth_nemo
 
-    work = Path(tempfile.mkdtemp())
-    ckpt = work / "v2.nemo"
-    synth_nemo(ckpt, "parakeet-tdt-0.6b-v2", seed=0)
-    clip = str(write_clips(default_clips(1), work / "clips")[0])
+    ckpt, clips = synth_v2_clips(1)
+    clip = clips[0]
     load_model(ckpt, device="cpu")  # fills the checkpoint cache
     record = gpu_record()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,12 +22,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
-from gpu_micro import gpu_record  # noqa: E402
+from gpu_micro import gpu_record, synth_v2_clips  # noqa: E402
 
 from budgie import timing  # noqa: E402
 from budgie.api import load_model  # noqa: E402
-from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
-from budgie.synth import synth_nemo  # noqa: E402
 
 
 def mark_phases() -> None:
@@ -91,10 +88,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--gap-us", type=float, default=5.0)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
-    synth_nemo(work / "v2.nemo", "parakeet-tdt-0.6b-v2", seed=0)
-    clips = [str(p) for p in write_clips(default_clips(4), work / "clips")]
-    model = load_model(work / "v2.nemo", device="cuda", dtype="bf16")
+    checkpoint, clips = synth_v2_clips(4)
+    model = load_model(checkpoint, device="cuda", dtype="bf16")
     for _ in range(3):
         model.transcribe(clips)
     mark_phases()
