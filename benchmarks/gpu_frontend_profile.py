@@ -25,7 +25,8 @@ from gpu_micro import synth_v2_clips  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
 from budgie.audio import load_audio  # noqa: E402
-from budgie.cuda_runner import FILL_THREADS, CudaRunner, pack_padded  # noqa: E402
+from budgie.cuda_frontend import FILL_THREADS, pack_padded  # noqa: E402
+from budgie.cuda_runner import CudaRunner  # noqa: E402
 
 
 def timed(fn: Any, repeats: int) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from budgie import cuda_runner, cuda_warmup
+from budgie import cuda_frontend, cuda_runner, cuda_warmup
 from budgie.audio import to_float32
 from budgie.cuda_runner import FEATURE_BUCKET, bucket_batch, bucket_frames, samples_bucket
 from budgie.decoding import Hypothesis
@@ -268,12 +268,12 @@ def test_pack_padded_zeroes_tails_and_unused_rows(threads: int) -> None:
     rows = [rng.standard_normal(n).astype(np.float32) for n in (700_000, 1, 0, 400_003)]
     out = np.full((6, 700_005), -7.0, dtype=np.float32)
     pool = ThreadPoolExecutor(threads) if threads else None
-    cuda_runner.pack_padded(rows, out, pool)
+    cuda_frontend.pack_padded(rows, out, pool)
     want = np.zeros_like(out)
     for i, row in enumerate(rows):
         want[i, : len(row)] = row
     assert np.array_equal(out, want)
-    cuda_runner.pack_padded([], out, pool)
+    cuda_frontend.pack_padded([], out, pool)
     assert not out.any()
 
 
@@ -281,11 +281,11 @@ def test_int16_waveforms_are_scaled_on_the_device_as_on_the_host() -> None:
     rng = np.random.default_rng(5)
     pcm = rng.integers(-32768, 32768, (2, 999), dtype=np.int64).astype(np.int16)
     pcm[0, :2] = (-32768, 32767)
-    got = cuda_runner.waveform_floats(torch.from_numpy(pcm))
+    got = cuda_frontend.waveform_floats(torch.from_numpy(pcm))
     assert got.dtype == torch.float32
     assert torch.equal(got, torch.from_numpy(to_float32(pcm)))
     floats = torch.from_numpy(to_float32(pcm))
-    assert cuda_runner.waveform_floats(floats) is floats
+    assert cuda_frontend.waveform_floats(floats) is floats
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from budgie.audio import PCM16_SCALE, stack_padded, to_float32
+from budgie.audio import stack_padded, to_float32
+from budgie.cuda_frontend import FILL_THREADS, FrontendGraph, PinnedStaging, capture_graph
 from budgie.decoding import Hypothesis
 from budgie.encoder import (
     ConformerLayer,
@@ -66,10 +67,6 @@ TRITON_MAX_BATCH_COMPILED = 8
 # and a decode takes 100-400 steps (the Triton machines come from the second use on: building
 # them may compile).
 GRAPH_FIRST_DECODE = True
-# Batches of at least this many samples (~60 s of audio) are packed into pinned memory by
-# FILL_THREADS threads.
-PARALLEL_FILL_SAMPLES = 1_000_000
-FILL_THREADS = min(8, os.cpu_count() or 1)
 # Inputs shorter than this many encoder frames do not update the steps-per-frame estimate.
 MIN_FRAMES_FOR_RATE = 32
 # Batch sizes are rounded up to these (extra rows have length 0 and are ignored).
@@ -155,109 +152,6 @@ def compiled_layer_runner() -> LayerRunner:
     return cast(LayerRunner, torch.compile(run_layer, dynamic=True))
 
 
-def _capture(graph: torch.cuda.CUDAGraph, fn: Callable[[], object]) -> None:
-    """Run ``fn`` once on a side stream (warm-up: compiles, allocations), then capture it."""
-    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.inference_mode():
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    with torch.cuda.graph(graph), torch.inference_mode():
-        fn()
-
-
-def waveform_floats(audio: Tensor) -> Tensor:
-    """The frontend's input as float32: int16 PCM scaled by 2^-15 on the device (exactly the
-    host's ``to_float32``), float32 as it is."""
-    if audio.dtype == torch.int16:
-        return audio.float() * float(PCM16_SCALE)
-    return audio
-
-
-class _FrontendGraph:
-    """Waveforms -> log-mel features for one (batch, samples, sample dtype) bucket. Samples past
-    an input's length are zero and masked, so its valid frames equal the unbucketed computation.
-    int16 batches (16-bit PCM files) travel as int16 and are scaled inside the graph."""
-
-    def __init__(self, network: ParakeetTDT, batch: int, samples: int, dtype: torch.dtype) -> None:
-        device = next(network.parameters()).device
-        self.audio = torch.zeros(batch, samples, device=device, dtype=dtype)
-        self.num_samples = torch.zeros(batch, device=device, dtype=torch.long)
-        self.counts = torch.zeros(batch, dtype=torch.long, pin_memory=True)  # host side of it
-        self.graph = torch.cuda.CUDAGraph()
-
-        def frontend() -> None:
-            audio = waveform_floats(self.audio)
-            self.features, self.lengths = network.preprocessor(audio, self.num_samples)
-
-        _capture(self.graph, frontend)
-
-    def run(
-        self, rows: list[np.ndarray], staging: PinnedStaging, pool: ThreadPoolExecutor | None
-    ) -> tuple[Tensor, Tensor]:
-        """The rows are laid out in pinned memory as the graph's padded input (zero tails, zero
-        unused rows) and copied in one transfer, their lengths in another; nothing waits and
-        no kernel runs before the replay."""
-        batch, samples = self.audio.shape
-        padded = staging.hold(batch * samples, self.audio.dtype).view(batch, samples)
-        pack_padded(rows, padded.numpy(), pool)
-        # (staging.hold waited for the last copies, this buffer's among them)
-        self.counts.numpy()[:] = [len(r) for r in rows] + [0] * (batch - len(rows))
-        self.audio.copy_(padded, non_blocking=True)
-        self.num_samples.copy_(self.counts, non_blocking=True)
-        staging.release()
-        self.graph.replay()
-        return self.features[: len(rows)], self.lengths[: len(rows)]
-
-
-def pack_padded(
-    rows: list[np.ndarray], out: np.ndarray, pool: ThreadPoolExecutor | None = None
-) -> None:
-    """Row i into out[i, :len], zeros after it and in the rows past the last. Large batches
-    are filled by ``pool``'s threads (numpy releases the GIL): one thread filled pinned memory
-    at ~5 GB/s on the device hosts, 8 ms of a batch of 32 clips' 12 ms frontend
-    (benchmarks/results/gpu_frontend_profile_h100_2026-11-24.json)."""
-
-    def fill(i: int) -> None:
-        n = len(rows[i])
-        out[i, :n] = rows[i]
-        out[i, n:] = 0
-
-    if pool is not None and len(rows) > 1 and sum(len(r) for r in rows) >= PARALLEL_FILL_SAMPLES:
-        list(pool.map(fill, range(len(rows))))
-    else:
-        for i in range(len(rows)):
-            fill(i)
-    out[len(rows) :] = 0
-
-
-class PinnedStaging:
-    """A reusable page-locked host buffer for host-to-GPU copies of audio.
-
-    ``hold`` waits until the copies issued from the previous hold have finished, so the buffer
-    is never overwritten while the GPU still reads it; it grows (doubling) as needed. Its bytes
-    are viewed as the dtype asked for (int16 or float32 samples).
-    """
-
-    def __init__(self) -> None:
-        self._buffer = torch.empty(0, dtype=torch.uint8)
-        self._copied: torch.cuda.Event | None = None
-
-    def hold(self, numel: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        if self._copied is not None:
-            self._copied.synchronize()
-        nbytes = numel * dtype.itemsize
-        if self._buffer.numel() < nbytes:
-            size = max(nbytes, 2 * self._buffer.numel())
-            self._buffer = torch.empty(size, dtype=torch.uint8, pin_memory=True)
-        return self._buffer[:nbytes].view(dtype)
-
-    def release(self) -> None:
-        """Mark the end of the copies from the held buffer (on the current stream)."""
-        self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        self._copied.record()
-
-
 class _EncoderGraph:
     def __init__(
         self,
@@ -278,7 +172,7 @@ class _EncoderGraph:
                 self.features, self.lengths, True, run_layer, subsampling
             )
 
-        _capture(self.graph, encode)
+        capture_graph(self.graph, encode)
 
     def run(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Features of the graph's shape (the frontend's buckets match the encoder's) are
@@ -318,7 +212,7 @@ class CudaRunner:
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
         self.fused_subsampling = True  # and the fused subsampling kernels with them
         self._layer_runner: LayerRunner | None = None
-        self._frontends: dict[tuple[int, int, torch.dtype], _FrontendGraph] = {}
+        self._frontends: dict[tuple[int, int, torch.dtype], FrontendGraph] = {}
         self._staging = PinnedStaging()
         self._fill_pool: ThreadPoolExecutor | None = None
         self._encoders: dict[tuple[int, int], _EncoderGraph] = {}
@@ -350,7 +244,7 @@ class CudaRunner:
         key = (*shape, torch.int16 if pcm16 else torch.float32)
         graph = self._frontends.get(key)
         if graph is None and self._graph_now("frontend_pcm16" if pcm16 else "frontend", shape):
-            graph = self._frontends[key] = _FrontendGraph(net, *key)
+            graph = self._frontends[key] = FrontendGraph(net, *key)
         if graph is not None:
             if self._fill_pool is None and len(rows) > 1:
                 self._fill_pool = ThreadPoolExecutor(FILL_THREADS, "budgie-stage")
