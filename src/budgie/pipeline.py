@@ -28,7 +28,7 @@ import torch
 from budgie.audio import SAMPLE_RATE, describe_source, load_samples, stack_padded
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
-from budgie.cuda_runner import CudaRunner
+from budgie.cuda_runner import CudaRunner, PendingDecode
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.errors import AudioError, BudgieError
 from budgie.limits import check_single_pass
@@ -85,6 +85,17 @@ class _Inferred:
     hyps: list[Hypothesis]
     frames: list[int]
     phase_ms: dict[str, float]
+
+
+@dataclass
+class _Started:
+    """A batch whose frontend and encoder have been launched: what its decode needs."""
+
+    batch: list[_Loaded]
+    clock: PhaseClock
+    encoded: torch.Tensor
+    lengths: torch.Tensor
+    pending: PendingDecode | None  # set when the decode may overlap the next batch
 
 
 @dataclass
@@ -240,8 +251,20 @@ class Model:
                     items[k :: len(futures)] = future.result()
                 return items
 
+            def complete(started: _Started) -> None:
+                """Decode a started batch and hand it to the text thread."""
+                inferred = self._end_batch(started, confidence)
+                finishing.append((started.batch, finish(started.batch, inferred)))
+                settle(wait=False)
+
+            # A batch whose decode may overlap the next batch's encode waits here until that
+            # batch has been started (see _start_batch).
+            in_flight: _Started | None = None
             pending = submit(windows[0]) if windows else []
             for number, window in enumerate(windows):
+                if in_flight is not None and not all(f.done() for f in pending):
+                    complete(in_flight)  # its decode need not wait for audio decoding
+                    in_flight = None
                 current = collect(pending)
                 if number + 1 < len(windows):  # decode the next window while this one computes
                     pending = submit(windows[number + 1])
@@ -255,9 +278,16 @@ class Model:
                 if batch_size > 1:
                     loaded.sort(key=lambda item: len(item.samples))
                 for start in range(0, len(loaded), batch_size):
-                    batch = loaded[start : start + batch_size]
-                    finishing.append((batch, finish(batch, self._infer_batch(batch, confidence))))
-                    settle(wait=False)
+                    started = self._start_batch(loaded[start : start + batch_size], confidence)
+                    if in_flight is not None:
+                        complete(in_flight)
+                        in_flight = None
+                    if started.pending is None:
+                        complete(started)
+                    else:
+                        in_flight = started
+            if in_flight is not None:
+                complete(in_flight)
             settle(wait=True)
         return [r for r in results if r is not None]
 
@@ -275,16 +305,43 @@ class Model:
             return TranscriptionError(describe_source(source), str(exc))
         return _Loaded(index, describe_source(source), samples, clock.ms["load_audio"])
 
+    def _overlaps(self, rows: int, confidence: bool) -> bool:
+        """Whether this batch's decode may run alongside the next batch's frontend and encoder
+        (CudaRunner.finish_decode). Only when phases are not timed one by one: their times
+        would then overlap too."""
+        runner = self.cuda_runner
+        return (
+            runner is not None
+            and not self.sync_phases
+            and not confidence
+            and self.cpu_decoder is None
+            and runner.overlaps(rows)
+        )
+
     @torch.inference_mode()
-    def _infer_batch(self, batch: list[_Loaded], confidence: bool) -> _Inferred:
+    def _start_batch(self, batch: list[_Loaded], confidence: bool) -> _Started:
+        """Frontend and encoder of a batch; when it may overlap, its decoder input is queued
+        too and the decode itself waits for ``_end_batch``."""
         clock = PhaseClock(self.device, sync=self.sync_phases)
         with clock.phase("preprocess"):
             features, feature_lengths = self._preprocess_rows([item.samples for item in batch])
         with clock.phase("encode"):
             encoded, enc_lengths = self._encode(features, feature_lengths)
+            pending = None
+            if self.cuda_runner is not None and self._overlaps(len(batch), confidence):
+                pending = self.cuda_runner.queue_decode(encoded, enc_lengths)
+        return _Started(batch, clock, encoded, enc_lengths, pending)
+
+    @torch.inference_mode()
+    def _end_batch(self, started: _Started, confidence: bool) -> _Inferred:
+        clock = started.clock
         with clock.phase("decode"):
-            hyps = self._decode(encoded, enc_lengths, confidence)
-        return _Inferred(hyps, enc_lengths.tolist(), dict(clock.ms))
+            if started.pending is not None and self.cuda_runner is not None:
+                hyps, frames = self.cuda_runner.finish_decode(started.pending)
+            else:
+                hyps = self._decode(started.encoded, started.lengths, confidence)
+                frames = started.lengths.tolist()
+        return _Inferred(hyps, frames, dict(clock.ms))
 
     def _finish_batch(
         self, batch: list[_Loaded], inferred: _Inferred, timestamps: bool
