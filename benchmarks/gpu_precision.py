@@ -26,7 +26,6 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from gpu_compare import agreement, phase_means  # noqa: E402
 from gpu_micro import gpu_record  # noqa: E402
-from gpu_profile import runner  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
 from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
@@ -41,10 +40,28 @@ SETTINGS: dict[str, tuple[str, bool]] = {
 }
 
 
+def float32_weights(machine: Any) -> Any:
+    """A Triton decoder class (step or loop) that keeps float32 weights whatever the model's
+    dtype (they are bf16/fp16 in a 16-bit model: ``network_options``)."""
+
+    class Float32Weights(machine):  # type: ignore[misc,valid-type]
+        @classmethod
+        def network_options(cls, network: Any) -> dict[str, Any]:
+            options = dict(super().network_options(network))
+            options.pop("weight_dtype", None)
+            return options
+
+    return Float32Weights
+
+
 def transcribe_all(checkpoint: Path, clips: list[str], dtype: str, fp32_decoder: bool) -> Any:
     model = load_model(checkpoint, device="cuda", dtype=dtype)
+    runner = model.cuda_runner
+    assert runner is not None
     if fp32_decoder:
-        model.cuda_runner = runner(model, False, False, True, fp32_decoder=True)
+        for kind in ("loop_decoder", "triton_decoder"):
+            if getattr(runner, kind) is not None:
+                setattr(runner, kind, float32_weights(getattr(runner, kind)))
     for _ in range(2):  # eager first use, then graph capture: time the third pass
         model.transcribe(clips)
     runs = [model.transcribe(clip) for clip in clips]

@@ -18,15 +18,15 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from budgie import limits, pipeline
+from budgie import batching, limits
 from budgie.audio import load_audio
+from budgie.batching import input_order, input_windows
 from budgie.config import EncoderConfig
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.encoder import ConvolutionModule, rel_shift, relative_positions
 from budgie.errors import AudioError
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
 from budgie.model import ParakeetTDT
-from budgie.pipeline import input_order, input_windows
 from budgie.results import Transcript, TranscriptionError
 from conftest import SynthModels
 from parity_goldens import AUDIO_DIR
@@ -358,7 +358,7 @@ def test_results_stay_in_input_order_over_many_loads(
     model = synth_models.model("tiny")
     rng = np.random.default_rng(8)
     inputs = []
-    for i in range(3 * pipeline.LOAD_THREADS + 5):
+    for i in range(3 * batching.LOAD_THREADS + 5):
         path = tmp_path / f"clip{i:02d}.wav"
         if i % 7 == 3:
             path.write_bytes(b"not audio at all")

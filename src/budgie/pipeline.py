@@ -19,13 +19,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any, cast, overload
 
 import numpy as np
 import torch
 
 from budgie.audio import SAMPLE_RATE, describe_source, load_samples, stack_padded
+from budgie.batching import LOAD_THREADS, BatchFlow, input_order, input_windows
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
 from budgie.cuda_runner import CudaRunner, PendingDecode
@@ -38,44 +38,8 @@ from budgie.text import Tokenizer, build_text_and_timestamps
 from budgie.timing import PhaseClock
 
 AudioInput = str | os.PathLike[str] | bytes | np.ndarray
-# Audio decoding threads, and how many inputs are decoded ahead (bounds memory on long lists).
-LOAD_THREADS = min(8, os.cpu_count() or 1)
-MIN_WINDOW = 64
 Result = Transcript | TranscriptionError
 ProgressCallback = Callable[[int], None]
-
-
-def size_hint(source: AudioInput) -> int:
-    """A cheap stand-in for an input's duration, known before decoding it: file size, bytes,
-    samples. Unreadable paths give 0 (their error is reported when they are loaded)."""
-    if isinstance(source, np.ndarray):
-        return int(source.size)
-    if isinstance(source, bytes):
-        return len(source)
-    try:
-        return os.stat(source).st_size
-    except (OSError, TypeError, ValueError):
-        return 0
-
-
-def input_order(inputs: Sequence[AudioInput], batch_size: int) -> list[int]:
-    """The order inputs are loaded and batched in: as given for batch 1; by size for batches,
-    so even the first batch (formed before the rest is decoded) holds similar lengths."""
-    if batch_size == 1:
-        return list(range(len(inputs)))
-    return sorted(range(len(inputs)), key=lambda i: size_hint(inputs[i]))
-
-
-def input_windows(count: int, batch_size: int) -> list[range]:
-    """Consecutive windows of positions in ``input_order``: audio of a window is decoded
-    while the previous one runs.
-    The first window is one batch, so the GPU starts after one batch of files, not a window;
-    later ones hold several batches (sorting by length inside a window keeps padding small)."""
-    window = max(MIN_WINDOW, batch_size * 4)
-    bounds = [0, min(count, batch_size if batch_size > 1 else window)]
-    while bounds[-1] < count:
-        bounds.append(min(count, bounds[-1] + window))
-    return [range(a, b) for a, b in pairwise(bounds)] if count else []
 
 
 @dataclass
@@ -251,20 +215,20 @@ class Model:
                     items[k :: len(futures)] = future.result()
                 return items
 
-            def complete(started: _Started) -> None:
-                """Decode a started batch and hand it to the text thread."""
-                inferred = self._end_batch(started, confidence)
+            def hand_over(started: _Started, inferred: _Inferred) -> None:
                 finishing.append((started.batch, finish(started.batch, inferred)))
                 settle(wait=False)
 
-            # A batch whose decode may overlap the next batch's encode waits here until that
-            # batch has been started (see _start_batch).
-            in_flight: _Started | None = None
+            flow: BatchFlow[list[_Loaded], _Started, _Inferred] = BatchFlow(
+                lambda batch: self._start_batch(batch, confidence),
+                lambda started: started.pending is not None,
+                lambda started: self._end_batch(started, confidence),
+                hand_over,
+            )
             pending = submit(windows[0]) if windows else []
             for number, window in enumerate(windows):
-                if in_flight is not None and not all(f.done() for f in pending):
-                    complete(in_flight)  # its decode need not wait for audio decoding
-                    in_flight = None
+                if not all(f.done() for f in pending):
+                    flow.drain()  # nothing in flight waits for audio decoding
                 current = collect(pending)
                 if number + 1 < len(windows):  # decode the next window while this one computes
                     pending = submit(windows[number + 1])
@@ -278,16 +242,8 @@ class Model:
                 if batch_size > 1:
                     loaded.sort(key=lambda item: len(item.samples))
                 for start in range(0, len(loaded), batch_size):
-                    started = self._start_batch(loaded[start : start + batch_size], confidence)
-                    if in_flight is not None:
-                        complete(in_flight)
-                        in_flight = None
-                    if started.pending is None:
-                        complete(started)
-                    else:
-                        in_flight = started
-            if in_flight is not None:
-                complete(in_flight)
+                    flow.push(loaded[start : start + batch_size])
+            flow.drain()
             settle(wait=True)
         return [r for r in results if r is not None]
 

@@ -33,11 +33,12 @@ import torch
 
 import budgie
 from budgie.api import DEFAULT_MODEL
+from budgie.batching import input_order, input_windows
 from budgie.bench.audioset import default_clips, load_manifest, write_clips
 from budgie.bench.hardware import device_label, hardware_profile, hardware_summary, utc_now
 from budgie.bench.wer import edit_distance, normalize_words, word_error_rate
 from budgie.errors import BudgieError
-from budgie.pipeline import Model, Result, input_order, input_windows
+from budgie.pipeline import Model, Result
 from budgie.progress import progress_bar
 from budgie.results import Transcript, TranscriptionError
 
