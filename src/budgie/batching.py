@@ -86,19 +86,22 @@ class BatchFlow(Generic[Batch, Started, Decoded]):
     def push(self, batch: Batch) -> None:
         started = self._start(batch)
         self._release()
-        self._finish_in_flight()
+        self.end_in_flight()
         if self._overlaps(started):
             self._in_flight = started
         else:
             self._decoded.append((started, self._end(started)))
 
     def drain(self) -> None:
-        """End the batch in flight and hand everything over: before this thread blocks on
-        something other than the GPU (the next window's audio), and at the end."""
-        self._finish_in_flight()
+        """End the batch in flight and hand everything over (at the end)."""
+        self.end_in_flight()
         self._release()
 
-    def _finish_in_flight(self) -> None:
+    def end_in_flight(self) -> None:
+        """Wait for the batch in flight, before this thread blocks on something other than
+        the GPU (the next window's audio): its decode need not wait for that. It is handed
+        over with the next batch's, after the next start: while loader threads still
+        decode, the text thread would compete with them and then with that start."""
         if self._in_flight is not None:
             started, self._in_flight = self._in_flight, None
             self._decoded.append((started, self._end(started)))

@@ -228,7 +228,7 @@ class Model:
             pending = submit(windows[0]) if windows else []
             for number, window in enumerate(windows):
                 if not all(f.done() for f in pending):
-                    flow.drain()  # nothing in flight waits for audio decoding
+                    flow.end_in_flight()  # no decode waits for audio decoding
                 current = collect(pending)
                 if number + 1 < len(windows):  # decode the next window while this one computes
                     pending = submit(windows[number + 1])
