@@ -6,10 +6,10 @@ Run on the device (see benchmarks/README.md for the exact command):
 Stages (each recorded even if a later one fails):
  1. synthesize the full-size parakeet-tdt-0.6b-v2 checkpoint (seed 0) and the default bench clips
  2. first transcript after process start (a fresh interpreter, checkpoint cache warm)
- 3. Budgie latency mode (B=1) in bf16 and fp32: per-phase means over the clips
+ 3. Budgie latency mode (B=1) in bf16, fp32 and fp16: per-phase means over the clips
  4. Budgie throughput mode: N x clips from WAV files on disk, several batch sizes, bf16
  5. peak GPU memory for a 30 s clip at B=1 bf16, and the longest single pass that fits
- 6. token agreement: GPU fp32 vs CPU fp32, bf16 vs fp32
+ 6. token agreement: GPU fp32 vs CPU fp32, bf16 vs fp32, fp16 vs fp32
  7. NeMo (subprocess): transcribe() at B=1 and batched, bf16 autocast, fp32 tokens
 """
 
@@ -334,6 +334,7 @@ def main() -> None:
     hybrid(ckpt, clips)
     bf16 = stage("latency_bf16")(latency)(ckpt, clips, "bf16", 1 if args.quick else 3)
     fp32 = stage("latency_fp32")(latency)(ckpt, clips, "fp32", 1)
+    fp16 = stage("latency_fp16")(latency)(ckpt, clips, "fp16", 1 if args.quick else 3)
     if not args.quick:
         latency_eager(ckpt, clips)
     throughput(ckpt, big, [32, 128] if args.quick else [32, 64, 128])
@@ -341,6 +342,8 @@ def main() -> None:
     cpu = cpu_tokens(ckpt, clips) if not args.quick else None
     if fp32 and bf16:
         RESULT["agreement_bf16_vs_fp32"] = agreement(bf16["token_ids"], fp32["token_ids"])
+    if fp32 and fp16:
+        RESULT["agreement_fp16_vs_fp32"] = agreement(fp16["token_ids"], fp32["token_ids"])
     if fp32 and cpu:
         RESULT["agreement_gpu_fp32_vs_cpu_fp32"] = agreement(fp32["token_ids"], cpu)
     if not args.skip_nemo:
@@ -358,7 +361,7 @@ def main() -> None:
                 "b1_nemo_over_budgie_bf16": ne["b1_bf16_ms_mean"] / bf16["total_ms"],
                 "nemo_best_batch_rtfx": max(audio_big / ne[k] for k in ne if k.startswith("batch")),
             }
-    for st in ("latency_bf16", "latency_fp32"):
+    for st in ("latency_bf16", "latency_fp32", "latency_fp16"):
         if st in RESULT["stages"] and RESULT["stages"][st]:
             RESULT["stages"][st]["token_ids"] = "omitted"
     Path(args.out).write_text(json.dumps(RESULT, indent=1, default=str))

@@ -89,3 +89,34 @@ def check_single_pass(cfg: ModelConfig, num_samples: int, device: torch.device) 
             "(e.g. `ffmpeg -i in.wav -f segment -segment_time 300 out%03d.wav`) or use a device "
             "with more memory"
         )
+
+
+FP16_OVERFLOW = (
+    "the encoder's fp16 activations overflowed (values past fp16's range of 65504 became "
+    "inf/NaN); transcribe it with dtype bf16 or fp32"
+)
+
+
+def overflowed_rows(encoded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B] bool: rows with inf/NaN among their valid frames. In fp16 an activation past 65504
+    becomes inf and spreads through the row's attention, never into other rows, so a row's
+    own frames say whether its transcript can be trusted."""
+    frames = torch.arange(encoded.shape[1], device=encoded.device)
+    valid = frames[None, :] < lengths[:, None].to(encoded.device)
+    return (~torch.isfinite(encoded).all(dim=-1) & valid).any(dim=1)
+
+
+class OverflowCheck:
+    """``overflowed_rows`` of a batch, copied to the host behind the encoder without waiting
+    for it (the flags are read once the batch's decode has returned)."""
+
+    def __init__(self, encoded: torch.Tensor, lengths: torch.Tensor) -> None:
+        flags = overflowed_rows(encoded, lengths)
+        self._host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
+        self._host.copy_(flags, non_blocking=True)
+        self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        self._copied.record()
+
+    def rows(self) -> list[bool]:
+        self._copied.synchronize()
+        return [bool(flag) for flag in self._host.tolist()]

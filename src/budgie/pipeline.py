@@ -31,7 +31,7 @@ from budgie.cpu_decoding import CpuDecoder
 from budgie.cuda_runner import CudaRunner, PendingDecode
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.errors import AudioError, BudgieError
-from budgie.limits import check_single_pass
+from budgie.limits import FP16_OVERFLOW, OverflowCheck, check_single_pass
 from budgie.model import ParakeetTDT
 from budgie.results import PhaseTimings, Transcript, TranscriptionError
 from budgie.text import Tokenizer, build_text_and_timestamps
@@ -49,6 +49,7 @@ class _Inferred:
     hyps: list[Hypothesis]
     frames: list[int]
     phase_ms: dict[str, float]
+    overflowed: list[bool]  # rows whose fp16 encoder output is not finite (limits.py)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class _Started:
     encoded: torch.Tensor
     lengths: torch.Tensor
     pending: PendingDecode | None  # set when the decode may overlap the next batch
+    overflow: OverflowCheck | None  # fp16 on CUDA
 
 
 @dataclass
@@ -168,7 +170,7 @@ class Model:
         text thread turns each batch's hypotheses into Transcripts while the next batch runs."""
         results: list[Result | None] = [None] * len(inputs)
         done = 0
-        finishing: deque[tuple[list[_Loaded], Future[list[Transcript]]]] = deque()
+        finishing: deque[tuple[list[_Loaded], Future[list[Result]]]] = deque()
 
         def settle(wait: bool) -> None:
             nonlocal done
@@ -188,9 +190,9 @@ class Model:
             ThreadPoolExecutor(1, thread_name_prefix="budgie-text") as text,
         ):
 
-            def finish(batch: list[_Loaded], inferred: _Inferred) -> Future[list[Transcript]]:
+            def finish(batch: list[_Loaded], inferred: _Inferred) -> Future[list[Result]]:
                 if len(inputs) == 1:  # nothing to overlap with: no thread hand-off
-                    future: Future[list[Transcript]] = Future()
+                    future: Future[list[Result]] = Future()
                     future.set_result(self._finish_batch(batch, inferred, timestamps))
                     return future
                 return text.submit(self._finish_batch, batch, inferred, timestamps)
@@ -286,7 +288,10 @@ class Model:
             pending = None
             if self.cuda_runner is not None and self._overlaps(len(batch), confidence):
                 pending = self.cuda_runner.queue_decode(encoded, enc_lengths)
-        return _Started(batch, clock, encoded, enc_lengths, pending)
+            overflow = None
+            if self.dtype == torch.float16 and encoded.is_cuda:
+                overflow = OverflowCheck(encoded, enc_lengths)
+        return _Started(batch, clock, encoded, enc_lengths, pending, overflow)
 
     @torch.inference_mode()
     def _end_batch(self, started: _Started, confidence: bool) -> _Inferred:
@@ -297,15 +302,22 @@ class Model:
             else:
                 hyps = self._decode(started.encoded, started.lengths, confidence)
                 frames = started.lengths.tolist()
-        return _Inferred(hyps, frames, dict(clock.ms))
+        overflow = started.overflow
+        overflowed = overflow.rows() if overflow is not None else [False] * len(hyps)
+        return _Inferred(hyps, frames, dict(clock.ms), overflowed)
 
     def _finish_batch(
         self, batch: list[_Loaded], inferred: _Inferred, timestamps: bool
-    ) -> list[Transcript]:
+    ) -> list[Result]:
         """Hypotheses -> Transcripts (text, timestamps, timings); runs in the text thread."""
         phase_ms = inferred.phase_ms
-        out = []
-        for item, hyp, n_frames in zip(batch, inferred.hyps, inferred.frames, strict=True):
+        out: list[Result] = []
+        for item, hyp, n_frames, overflowed in zip(
+            batch, inferred.hyps, inferred.frames, inferred.overflowed, strict=True
+        ):
+            if overflowed:
+                out.append(TranscriptionError(item.source, f"{item.source}: {FP16_OVERFLOW}"))
+                continue
             tclock = PhaseClock(self.device, sync=False)
             with tclock.phase("tokenize"):
                 text, tokens, words, segments = build_text_and_timestamps(
