@@ -421,3 +421,87 @@ def test_a_single_non_finite_sample_is_found(bad: float) -> None:
     with pytest.warns(UserWarning, match="1 non-finite"):
         got = load_audio(x)
     assert got[500] == 0 and np.all(np.isfinite(got))
+
+
+# --- plain 16 kHz mono PCM16 WAV files are mapped, not decoded ------------------------------
+
+
+def _pcm16(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-32768, 32768, n, dtype=np.int64).astype(np.int16)
+
+
+def _with_trailing_chunk(path: Path) -> None:
+    """Append a LIST chunk after the data chunk (as some editors write) and fix RIFF's size."""
+    data = bytearray(path.read_bytes()) + b"LIST" + (4).to_bytes(4, "little") + b"INFO"
+    data[4:8] = (len(data) - 8).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_plain_pcm16_wav_is_a_read_only_view_of_the_file(tmp_path: Path) -> None:
+    import mmap
+
+    pcm = _pcm16(32003)
+    path = tmp_path / "plain.wav"
+    sf.write(path, pcm, SAMPLE_RATE, subtype="PCM_16")
+    got = _no_warnings(load_samples, path)
+    assert got.dtype == np.int16 and np.array_equal(got, pcm)
+    assert isinstance(got.base, memoryview) and isinstance(got.base.obj, mmap.mmap)
+    assert not got.flags.writeable
+    assert np.array_equal(load_audio(path), to_float32(pcm))
+    with pytest.raises(ValueError, match="read-only"):
+        got[0] = 1
+
+
+@pytest.mark.parametrize(
+    "kind", ["stereo", "8k", "float", "pcm24", "trailing_chunk", "extensible", "not_mapped"]
+)
+def test_other_wavs_are_decoded_with_the_same_samples(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anything but a plain mono 16-bit 16 kHz WAV whose data chunk ends the file goes through
+    libsndfile, and gives what it gave before; with mapping off (non-POSIX) a plain file too."""
+    from budgie import audio
+
+    pcm = _pcm16(16001, seed=1)
+    path = tmp_path / f"{kind}.wav"
+    channels = np.stack([pcm, pcm[::-1]], axis=1) if kind == "stereo" else pcm
+    rate = 8000 if kind == "8k" else SAMPLE_RATE
+    subtype = {"float": "FLOAT", "pcm24": "PCM_24"}.get(kind, "PCM_16")
+    fmt = "WAVEX" if kind == "extensible" else "WAV"
+    sf.write(path, channels, rate, subtype=subtype, format=fmt)
+    if kind == "trailing_chunk":
+        _with_trailing_chunk(path)
+    if kind == "not_mapped":
+        monkeypatch.setattr(audio, "MAP_WAVS", False)
+    got = _no_warnings(load_audio, path)
+    monkeypatch.setattr(audio, "MAP_WAVS", False)
+    assert np.array_equal(got, _no_warnings(load_audio, io.BytesIO(path.read_bytes()).read()))
+    samples = load_samples(path)
+    assert samples.flags.writeable  # decoded into memory of its own
+    if kind in ("trailing_chunk", "not_mapped", "extensible"):
+        assert np.array_equal(samples, pcm)
+
+
+def test_plain_pcm16_layout_parsing() -> None:
+    from budgie.audio import _plain_pcm16_wav
+
+    def header(tag: int = 1, channels: int = 1, rate: int = 16000, bits: int = 16) -> bytes:
+        fmt = (tag).to_bytes(2, "little") + channels.to_bytes(2, "little")
+        fmt += rate.to_bytes(4, "little") + (rate * 2).to_bytes(4, "little")
+        fmt += (2).to_bytes(2, "little") + bits.to_bytes(2, "little")
+        return b"fmt " + (16).to_bytes(4, "little") + fmt
+
+    def wav(*chunks: bytes) -> bytes:
+        body = b"WAVE" + b"".join(chunks)
+        return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+    data = b"data" + (10).to_bytes(4, "little") + bytes(10)
+    junk = b"JUNK" + (3).to_bytes(4, "little") + b"abc" + b"\0"  # odd size: padded
+    assert _plain_pcm16_wav(wav(header(), data)) == (44, 5)
+    assert _plain_pcm16_wav(wav(junk, header(), data)) == (56, 5)
+    for bad in (header(tag=3), header(channels=2), header(rate=8000), header(bits=24)):
+        assert _plain_pcm16_wav(wav(bad, data)) is None
+    unknown = b"data" + (0xFFFFFFFF).to_bytes(4, "little")
+    assert _plain_pcm16_wav(wav(header(), unknown)) is None
+    assert _plain_pcm16_wav(wav(data, header())) is None  # data before fmt: not plain
+    assert _plain_pcm16_wav(b"RIFX" + wav(header(), data)[4:]) is None
