@@ -83,12 +83,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "triton": True,
         "overlap_phases": False,
     },
-    "graphs_triton_serial_decode": {  # throughput batches decoded before the next one starts
-        "compile_decoder": False,
-        "compile_encoder": False,
-        "triton": True,
-        "overlap_decode": False,
-    },
     "graphs_triton_window2": {  # the loop decoder's joint phase covers 2 frames ahead
         "compile_decoder": False,
         "compile_encoder": False,
@@ -138,13 +132,10 @@ def runner(
     first_conv: bool = True,
     overlap_phases: bool = True,
     loop_window: int = 1,
-    overlap_decode: bool = True,
 ) -> CudaRunner:
-    import budgie.cuda_runner
     import budgie.timing
 
     budgie.timing.OVERLAP_PHASES = overlap_phases
-    budgie.cuda_runner.OVERLAP_DECODE = overlap_decode
     if triton:
         import budgie.triton_encoder
 

@@ -136,8 +136,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--passes", type=int, default=5)
-    parser.add_argument("--serial", action="store_true", help="cuda_runner.OVERLAP_DECODE off")
-    parser.add_argument("--ab", action="store_true", help="alternate overlapped and serial passes")
     args = parser.parse_args()
     out = gpu_record() | {"batch": args.batch}
     checkpoint, clips = synth_v2_clips(20)
@@ -155,33 +153,20 @@ def main() -> None:
         recorder.wrap_gpu(Model, "_start_batch", "frontend+encoder"),
         recorder.wrap_gpu(cuda_runner.CudaRunner, "decode_projected", "decode"),
     ]
-    modes = [not args.serial] if not args.ab else [True, False]
-    passes = []
-    for number in range(args.passes * len(modes)):  # --ab: the modes alternate pass by pass
-        cuda_runner.OVERLAP_DECODE = modes[number % len(modes)]
-        passes.append(one_pass(model, files, args.batch, recorder))
-        passes[-1]["overlap_decode"] = cuda_runner.OVERLAP_DECODE
+    passes = [one_pass(model, files, args.batch, recorder) for _ in range(args.passes)]
     for restore in reversed(undo):
         restore()
     for p in passes:
         print(
-            f"overlap {p['overlap_decode']}: wall {p['wall_ms']:.1f} ms, GPU busy "
-            f"{p['gpu_busy_ms']:.1f}, first GPU work at {p['gpu_first_start_ms']:.1f}, text "
-            f"thread {p['text_thread_ms']:.1f}, loading {p['load_ms']:.1f} (thread sum)",
+            f"wall {p['wall_ms']:.1f} ms, GPU busy {p['gpu_busy_ms']:.1f}, first GPU work at "
+            f"{p['gpu_first_start_ms']:.1f}, text thread {p['text_thread_ms']:.1f}, loading "
+            f"{p['load_ms']:.1f} (thread sum)",
             flush=True,
         )
-    out["wall_ms_median"] = {}
-    for mode in modes:
-        mine = [p for p in passes if p["overlap_decode"] == mode]
-        out["wall_ms_median"][f"overlap_{mode}"] = median = statistics.median(
-            p["wall_ms"] for p in mine
-        )
-        print(f"overlap {mode}: median wall {median:.1f} ms over {len(mine)} passes")
-        best = min(mine, key=lambda p: p["wall_ms"])
-        for row in best["spans"]:
-            print(
-                f"  {row['start_ms']:8.2f} {row['end_ms']:8.2f}  {row['where']:>16}  {row['what']}"
-            )
+    out["wall_ms_median"] = statistics.median(p["wall_ms"] for p in passes)
+    print(f"median wall {out['wall_ms_median']:.1f} ms over {len(passes)} passes")
+    for row in min(passes, key=lambda p: p["wall_ms"])["spans"]:
+        print(f"  {row['start_ms']:8.2f} {row['end_ms']:8.2f}  {row['where']:>16}  {row['what']}")
     out["passes"] = passes
     Path(args.out).write_text(json.dumps(out, indent=1))
 

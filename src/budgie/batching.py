@@ -2,30 +2,26 @@
 
 Three kinds of threads share the work of ``Model.transcribe`` on a list: loader threads
 decode audio one window ahead (``input_order``, ``input_windows``), the calling thread runs
-the model batch by batch (``BatchFlow``), and one text thread turns decoded batches into
-Transcripts. They share one interpreter lock, which decides the order below: the text thread's
-pure-Python work, run while the calling thread packs the next batch's audio, made that packing
-up to 7x slower on the GPU hosts (the packing threads waited out the lock's 5 ms switch
-interval at every numpy call), and the GPU waited for it
-(benchmarks/results/gpu_throughput_timeline_h100_2026-11-24_*.json).
+the model batch by batch, and one text thread turns decoded batches into Transcripts. They
+share one interpreter lock, which decides one more rule (``Model._run``): a decoded batch goes
+to the text thread only after the next batch has been started. The text thread's pure-Python
+work, run while the calling thread packs the next batch's audio, made that packing up to 7x
+slower on the GPU hosts (the packing threads waited out the lock's 5 ms switch interval at
+numpy calls) while the GPU waited for it; handed over after the packing, it runs while the
+calling thread waits for the GPU (benchmarks/results/gpu_throughput_timeline_h100_*.json).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import pairwise
-from typing import Generic, TypeVar
 
 import numpy as np
 
 # Audio decoding threads, and how many inputs are decoded ahead (bounds memory on long lists).
 LOAD_THREADS = min(8, os.cpu_count() or 1)
 MIN_WINDOW = 64
-
-Started = TypeVar("Started")
-Decoded = TypeVar("Decoded")
-Batch = TypeVar("Batch")
 
 
 def size_hint(source: object) -> int:
@@ -59,54 +55,3 @@ def input_windows(count: int, batch_size: int) -> list[range]:
     while bounds[-1] < count:
         bounds.append(min(count, bounds[-1] + window))
     return [range(a, b) for a, b in pairwise(bounds)] if count else []
-
-
-class BatchFlow(Generic[Batch, Started, Decoded]):
-    """The calling thread's order of work over consecutive batches.
-
-    ``start`` launches a batch (host packing, then asynchronous GPU work); ``end`` waits for
-    its decode; ``hand_over`` gives a decoded batch to the text thread. A batch for which
-    ``overlaps`` is true is ended only after the next batch has been started, so its decode
-    runs alongside that batch's frontend and encoder. Decoded batches are handed over only
-    after the next ``start`` has returned: the text thread then runs while this thread waits
-    for the GPU, not while it packs audio.
-    """
-
-    def __init__(
-        self,
-        start: Callable[[Batch], Started],
-        overlaps: Callable[[Started], bool],
-        end: Callable[[Started], Decoded],
-        hand_over: Callable[[Started, Decoded], None],
-    ) -> None:
-        self._start, self._overlaps, self._end, self._hand_over = start, overlaps, end, hand_over
-        self._in_flight: Started | None = None
-        self._decoded: list[tuple[Started, Decoded]] = []
-
-    def push(self, batch: Batch) -> None:
-        started = self._start(batch)
-        self._release()
-        self.end_in_flight()
-        if self._overlaps(started):
-            self._in_flight = started
-        else:
-            self._decoded.append((started, self._end(started)))
-
-    def drain(self) -> None:
-        """End the batch in flight and hand everything over (at the end)."""
-        self.end_in_flight()
-        self._release()
-
-    def end_in_flight(self) -> None:
-        """Wait for the batch in flight, before this thread blocks on something other than
-        the GPU (the next window's audio): its decode need not wait for that. It is handed
-        over with the next batch's, after the next start: while loader threads still
-        decode, the text thread would compete with them and then with that start."""
-        if self._in_flight is not None:
-            started, self._in_flight = self._in_flight, None
-            self._decoded.append((started, self._end(started)))
-
-    def _release(self) -> None:
-        decoded, self._decoded = self._decoded, []
-        for started, result in decoded:
-            self._hand_over(started, result)

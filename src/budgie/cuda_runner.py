@@ -27,7 +27,6 @@ import os
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -68,11 +67,6 @@ TRITON_MAX_BATCH_COMPILED = 8
 # and a decode takes 100-400 steps (the Triton machines come from the second use on: building
 # them may compile).
 GRAPH_FIRST_DECODE = True
-# In throughput mode (Model.sync_phases off) a batch above the loop decoder's size decodes on a
-# second, high-priority stream while the next batch's frontend and encoder run on the caller's
-# stream: the decoder's latency-bound step kernels fill the SMs the encoder leaves idle, and the
-# host's packing of the next batch no longer leaves the GPU waiting.
-OVERLAP_DECODE = True
 # Inputs shorter than this many encoder frames do not update the steps-per-frame estimate.
 MIN_FRAMES_FOR_RATE = 32
 # Batch sizes are rounded up to these (extra rows have length 0 and are ignored).
@@ -194,16 +188,6 @@ class _EncoderGraph:
         return self.out[:b], self.out_lengths[:b]
 
 
-@dataclass
-class PendingDecode:
-    """A batch's decoder input in memory of its own (the encoder graph's outputs are reused by
-    the next batch), and the event after which it is complete on the producing stream."""
-
-    enc_proj: Tensor
-    lengths: Tensor
-    ready: torch.cuda.Event
-
-
 class CudaRunner:
     """Owns the graphs of one model on one GPU."""
 
@@ -235,7 +219,6 @@ class CudaRunner:
         self._decoders: dict[tuple[int, int], tuple[StepDecoder, GraphedStepDecoder | None]] = {}
         self._final_decoders: set[tuple[int, int]] = set()  # built for repeated use
         self._host_lengths: Tensor | None = None  # pinned, for the decoded lengths
-        self._decode_stream: torch.cuda.Stream | None = None  # for overlapped decodes
         self._uses: dict[tuple[str, int, int], int] = {}
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
@@ -369,35 +352,6 @@ class CudaRunner:
         out = self._host_lengths[:n]
         out.copy_(lengths, non_blocking=True)
         return out
-
-    def overlaps(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` may decode while the next batch encodes (queue_decode,
-        finish_decode): not the loop kernel's batches, whose programs spin at grid barriers
-        and would share the SMs with the encoder's kernels."""
-        loop_rows = getattr(self.loop_decoder, "max_batch", 0) if self.loop_decoder else 0
-        return OVERLAP_DECODE and rows > loop_rows
-
-    def queue_decode(self, encoded: Tensor, lengths: Tensor) -> PendingDecode:
-        """The joint's encoder projection and the lengths, queued on the current stream."""
-        enc_proj = self.network.joint.project_encoder(encoded.float())
-        ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        pending = PendingDecode(enc_proj, lengths.clone(), ready)
-        ready.record()
-        return pending
-
-    def finish_decode(self, pending: PendingDecode) -> tuple[list[Hypothesis], list[int]]:
-        """Decode a queued batch on the decode stream (it waits for ``pending.ready``, so work
-        queued on the caller's stream since then runs alongside); hypotheses and lengths."""
-        if self._decode_stream is None:
-            device = pending.enc_proj.device
-            self._decode_stream = torch.cuda.Stream(device, priority=-1)  # type: ignore[no-untyped-call]
-        stream = self._decode_stream
-        with torch.cuda.stream(stream):
-            stream.wait_event(pending.ready)
-            for tensor in (pending.enc_proj, pending.lengths):
-                tensor.record_stream(stream)  # not reused before this stream is done with it
-            hyps = self.decode_projected(pending.enc_proj, pending.lengths)
-            return hyps, pending.lengths.tolist()
 
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
         return self.decode_projected(self.network.joint.project_encoder(encoded.float()), lengths)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from budgie.audio import SAMPLE_RATE, describe_source, load_samples, stack_padded
-from budgie.batching import LOAD_THREADS, BatchFlow, input_order, input_windows
+from budgie.batching import LOAD_THREADS, input_order, input_windows
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
-from budgie.cuda_runner import CudaRunner, PendingDecode
+from budgie.cuda_runner import CudaRunner
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.errors import AudioError, BudgieError
 from budgie.limits import FP16_OVERFLOW, OverflowCheck, check_single_pass
@@ -60,7 +60,6 @@ class _Started:
     clock: PhaseClock
     encoded: torch.Tensor
     lengths: torch.Tensor
-    pending: PendingDecode | None  # set when the decode may overlap the next batch
     overflow: OverflowCheck | None  # fp16 on CUDA
 
 
@@ -217,20 +216,13 @@ class Model:
                     items[k :: len(futures)] = future.result()
                 return items
 
-            def hand_over(started: _Started, inferred: _Inferred) -> None:
-                finishing.append((started.batch, finish(started.batch, inferred)))
+            def hand_over(batch: list[_Loaded], inferred: _Inferred) -> None:
+                finishing.append((batch, finish(batch, inferred)))
                 settle(wait=False)
 
-            flow: BatchFlow[list[_Loaded], _Started, _Inferred] = BatchFlow(
-                lambda batch: self._start_batch(batch, confidence),
-                lambda started: started.pending is not None,
-                lambda started: self._end_batch(started, confidence),
-                hand_over,
-            )
+            decoded: tuple[list[_Loaded], _Inferred] | None = None  # not handed over yet
             pending = submit(windows[0]) if windows else []
             for number, window in enumerate(windows):
-                if not all(f.done() for f in pending):
-                    flow.end_in_flight()  # no decode waits for audio decoding
                 current = collect(pending)
                 if number + 1 < len(windows):  # decode the next window while this one computes
                     pending = submit(windows[number + 1])
@@ -244,8 +236,13 @@ class Model:
                 if batch_size > 1:
                     loaded.sort(key=lambda item: len(item.samples))
                 for start in range(0, len(loaded), batch_size):
-                    flow.push(loaded[start : start + batch_size])
-            flow.drain()
+                    batch = loaded[start : start + batch_size]
+                    started = self._start_batch(batch)
+                    if decoded is not None:  # only now: see budgie.batching
+                        hand_over(*decoded)
+                    decoded = (batch, self._end_batch(started, confidence))
+            if decoded is not None:
+                hand_over(*decoded)
             settle(wait=True)
         return [r for r in results if r is not None]
 
@@ -263,45 +260,26 @@ class Model:
             return TranscriptionError(describe_source(source), str(exc))
         return _Loaded(index, describe_source(source), samples, clock.ms["load_audio"])
 
-    def _overlaps(self, rows: int, confidence: bool) -> bool:
-        """Whether this batch's decode may run alongside the next batch's frontend and encoder
-        (CudaRunner.finish_decode). Only when phases are not timed one by one: their times
-        would then overlap too."""
-        runner = self.cuda_runner
-        return (
-            runner is not None
-            and not self.sync_phases
-            and not confidence
-            and self.cpu_decoder is None
-            and runner.overlaps(rows)
-        )
-
     @torch.inference_mode()
-    def _start_batch(self, batch: list[_Loaded], confidence: bool) -> _Started:
-        """Frontend and encoder of a batch; when it may overlap, its decoder input is queued
-        too and the decode itself waits for ``_end_batch``."""
+    def _start_batch(self, batch: list[_Loaded]) -> _Started:
+        """Frontend and encoder of a batch: on CUDA the host's part (packing the audio,
+        launches) is done when this returns, the GPU's may not be."""
         clock = PhaseClock(self.device, sync=self.sync_phases)
         with clock.phase("preprocess"):
             features, feature_lengths = self._preprocess_rows([item.samples for item in batch])
         with clock.phase("encode"):
             encoded, enc_lengths = self._encode(features, feature_lengths)
-            pending = None
-            if self.cuda_runner is not None and self._overlaps(len(batch), confidence):
-                pending = self.cuda_runner.queue_decode(encoded, enc_lengths)
             overflow = None
             if self.dtype == torch.float16 and encoded.is_cuda:
                 overflow = OverflowCheck(encoded, enc_lengths)
-        return _Started(batch, clock, encoded, enc_lengths, pending, overflow)
+        return _Started(batch, clock, encoded, enc_lengths, overflow)
 
     @torch.inference_mode()
     def _end_batch(self, started: _Started, confidence: bool) -> _Inferred:
         clock = started.clock
         with clock.phase("decode"):
-            if started.pending is not None and self.cuda_runner is not None:
-                hyps, frames = self.cuda_runner.finish_decode(started.pending)
-            else:
-                hyps = self._decode(started.encoded, started.lengths, confidence)
-                frames = started.lengths.tolist()
+            hyps = self._decode(started.encoded, started.lengths, confidence)
+            frames = started.lengths.tolist()
         overflow = started.overflow
         overflowed = overflow.rows() if overflow is not None else [False] * len(hyps)
         return _Inferred(hyps, frames, dict(clock.ms), overflowed)
