@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import torch  # noqa: E402
 from gpu_micro import gpu_record, synth_v2_clips  # noqa: E402
 
-from budgie import cuda_runner  # noqa: E402
+from budgie import cuda_runner, pipeline  # noqa: E402
 from budgie.api import load_model  # noqa: E402
 from budgie.pipeline import Model  # noqa: E402
 
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--ab", action="store_true", help="alternate pipeline.STAGE_AHEAD on/off")
     args = parser.parse_args()
     out = gpu_record() | {"batch": args.batch}
     checkpoint, clips = synth_v2_clips(20)
@@ -147,26 +148,39 @@ def main() -> None:
     recorder = Recorder()
     undo = [
         recorder.wrap_host(Model, "_load_many"),
+        recorder.wrap_host(Model, "_stage_batch"),
         recorder.wrap_host(Model, "_start_batch"),
         recorder.wrap_host(Model, "_end_batch"),
         recorder.wrap_host(Model, "_finish_batch"),
         recorder.wrap_gpu(Model, "_start_batch", "frontend+encoder"),
         recorder.wrap_gpu(cuda_runner.CudaRunner, "decode_projected", "decode"),
     ]
-    passes = [one_pass(model, files, args.batch, recorder) for _ in range(args.passes)]
+    passes = []
+    modes = [True, False] if args.ab else [pipeline.STAGE_AHEAD]
+    for number in range(args.passes * len(modes)):  # --ab: the modes alternate pass by pass
+        pipeline.STAGE_AHEAD = modes[number % len(modes)]
+        record = one_pass(model, files, args.batch, recorder)
+        passes.append(record | {"stage_ahead": pipeline.STAGE_AHEAD})
     for restore in reversed(undo):
         restore()
     for p in passes:
         print(
-            f"wall {p['wall_ms']:.1f} ms, GPU busy {p['gpu_busy_ms']:.1f}, first GPU work at "
-            f"{p['gpu_first_start_ms']:.1f}, text thread {p['text_thread_ms']:.1f}, loading "
-            f"{p['load_ms']:.1f} (thread sum)",
+            f"stage ahead {p['stage_ahead']}: wall {p['wall_ms']:.1f} ms, GPU busy "
+            f"{p['gpu_busy_ms']:.1f}, first GPU work at {p['gpu_first_start_ms']:.1f}, text "
+            f"thread {p['text_thread_ms']:.1f}, loading {p['load_ms']:.1f} (thread sum)",
             flush=True,
         )
-    out["wall_ms_median"] = statistics.median(p["wall_ms"] for p in passes)
-    print(f"median wall {out['wall_ms_median']:.1f} ms over {len(passes)} passes")
-    for row in min(passes, key=lambda p: p["wall_ms"])["spans"]:
-        print(f"  {row['start_ms']:8.2f} {row['end_ms']:8.2f}  {row['where']:>16}  {row['what']}")
+    out["wall_ms_median"] = {}
+    for mode in modes:
+        mine = [p for p in passes if p["stage_ahead"] == mode]
+        median = out["wall_ms_median"][f"stage_ahead_{mode}"] = statistics.median(
+            p["wall_ms"] for p in mine
+        )
+        print(f"stage ahead {mode}: median wall {median:.1f} ms over {len(mine)} passes")
+        for row in min(mine, key=lambda p: p["wall_ms"])["spans"]:
+            print(
+                f"  {row['start_ms']:8.2f} {row['end_ms']:8.2f}  {row['where']:>16}  {row['what']}"
+            )
     out["passes"] = passes
     Path(args.out).write_text(json.dumps(out, indent=1))
 

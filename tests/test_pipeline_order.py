@@ -1,9 +1,11 @@
-"""Model._run's order of work over batches, on the CPU (budgie.batching says why).
+"""Model._run's order of work over batches (budgie.batching says why).
 
-A stand-in for CudaRunner runs the same network on the CPU and logs the calls Model makes, and
-the text thread's work is logged too: a decoded batch must reach the text thread only after
-the next batch has been started (its packing then does not share the interpreter lock with
-the text thread), every batch once and in order, with the transcripts of a plain run.
+A stand-in for CudaRunner runs the same network on the CPU and logs the calls Model makes
+(stage, launch, decode), and the text thread's work is logged too: each batch staged,
+launched, decoded and turned into text once and in order; with phases not synced the next
+batch is staged before this one's decode; a decoded batch reaches the text thread only after
+the next staging; the transcripts are those of the plain CPU path. On CUDA, the look-ahead's
+transcripts equal the synced path's.
 """
 
 from __future__ import annotations
@@ -33,9 +35,14 @@ class LoggingRunner:
         self.network = model.network
         self.decoder = decoder
         self.log: list[tuple[str, int]] = []
-        self.started = 0
+        self.staged = self.started = 0
 
-    def preprocess(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def stage(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+        self.staged += 1
+        self.log.append(("stage", self.staged))
+        return rows
+
+    def launch(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         self.started += 1
         self.log.append(("start", self.started))
         audio = torch.from_numpy(stack_padded(rows))
@@ -61,6 +68,7 @@ def logged(synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch) -> Any:
     runner = LoggingRunner(model, decoder)
     monkeypatch.setattr(model, "cuda_runner", runner)
     monkeypatch.setattr(model, "cpu_decoder", None)
+    monkeypatch.setattr(model, "sync_phases", model.sync_phases)  # restored at teardown
     finish = model._finish_batch
 
     def logged_finish(batch: Any, inferred: Any, timestamps: bool) -> Any:
@@ -85,19 +93,28 @@ def clip_files(tmp_path: Path, count: int, corrupt: set[int]) -> list[str]:
     return paths
 
 
+@pytest.mark.parametrize("look_ahead", [True, False])
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_text_follows_the_next_start(
-    logged: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, batch_size: int
+def test_staging_and_text_order(
+    logged: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, batch_size: int, look_ahead: bool
 ) -> None:
+    """With phases not synced, batch k+1 is staged before batch k is decoded (its packing
+    overlaps k's GPU work); synced, after. Either way batch k reaches the text thread only
+    after the staging that precedes batch k+1's decode."""
     model, runner = logged
+    model.sync_phases = not look_ahead
     inputs = clip_files(tmp_path, batching.MIN_WINDOW + 2 * batch_size + 1, corrupt={5, 40})
     got = model.transcribe(inputs, batch_size=batch_size)
-    batches = runner.started
+    log, batches = runner.log, runner.started
     assert batches >= (len(inputs) - 2) // batch_size  # two inputs are corrupt
-    assert [n for kind, n in runner.log if kind == "decode"] == list(range(1, batches + 1))
-    assert [n for kind, n in runner.log if kind == "text"] == list(range(1, batches + 1))
+    for kind in ("stage", "start", "decode", "text"):
+        assert [n for k, n in log if k == kind] == list(range(1, batches + 1))
     for number in range(1, batches):
-        assert runner.log.index(("text", number)) > runner.log.index(("start", number + 1))
+        staged_next, decoded = log.index(("stage", number + 1)), log.index(("decode", number))
+        assert (staged_next < decoded) == look_ahead
+        before = log[: log.index(("decode", number + 1))]
+        last_stage = max(i for i, (k, _) in enumerate(before) if k == "stage")
+        assert log.index(("text", number)) > last_stage
     monkeypatch.undo()  # the model's own CPU path
     want = model.transcribe(inputs, batch_size=batch_size)
     assert [r.source for r in got] == inputs
@@ -108,3 +125,28 @@ def test_text_follows_the_next_start(
         else:
             assert isinstance(a, TranscriptionError) and a.error == b.error
     assert sum(isinstance(r, TranscriptionError) for r in got) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_look_ahead_gives_the_synced_transcripts(synth_models: SynthModels, dtype: str) -> None:
+    """On the GPU: staging the next batch into the pinned buffer while this one computes gives
+    the transcripts of the synced path, pass by pass (eager first use, capture, graphs: in
+    bf16 the eager and the fused layers round differently)."""
+    from budgie.api import load_model
+
+    rng = np.random.default_rng(12)
+    inputs = [(rng.standard_normal(800 * (3 + i % 17)) * 0.2).astype(np.float32) for i in range(45)]
+    inputs += [(row * 32767).astype(np.int16) for row in inputs[:20]]  # int16 batches too
+
+    def passes(look_ahead: bool) -> list[list[list[int] | None]]:
+        model = load_model(synth_models.checkpoint("tiny").path, device="cuda", dtype=dtype)
+        model.sync_phases = not look_ahead
+        return [
+            [r.token_ids if isinstance(r, Transcript) else None for r in results]
+            for results in (model.transcribe(inputs, batch_size=8) for _ in range(3))
+        ]
+
+    want = passes(look_ahead=False)
+    assert all(None not in ids for ids in want) and sum(len(i or []) for i in want[2]) > 0
+    assert passes(look_ahead=True) == want

@@ -2,13 +2,16 @@
 
 Three kinds of threads share the work of ``Model.transcribe`` on a list: loader threads
 decode audio one window ahead (``input_order``, ``input_windows``), the calling thread runs
-the model batch by batch, and one text thread turns decoded batches into Transcripts. They
-share one interpreter lock, which decides one more rule (``Model._run``): a decoded batch goes
-to the text thread only after the next batch has been started. The text thread's pure-Python
-work, run while the calling thread packs the next batch's audio, made that packing up to 7x
-slower on the GPU hosts (the packing threads waited out the lock's 5 ms switch interval at
-numpy calls) while the GPU waited for it; handed over after the packing, it runs while the
-calling thread waits for the GPU (benchmarks/results/gpu_throughput_timeline_h100_*.json).
+the model batch by batch, and one text thread turns decoded batches into Transcripts.
+
+The calling thread's order (``Model._run``), when phases are not synced one by one: launch
+batch k (copy, frontend, encoder), stage batch k+1 (pack its samples into pinned memory)
+while the GPU works, hand batch k-1 to the text thread, then wait for batch k's decode. The
+threads share one interpreter lock, which is why the hand-over comes after the staging: the
+text thread's pure-Python work, run while the calling thread packed audio, made that packing
+up to 7x slower on the GPU hosts (the packing threads waited out the lock's 5 ms switch
+interval at numpy calls) while the GPU waited for it; handed over after the packing, it runs
+while the calling thread waits for the GPU (benchmarks/results/gpu_throughput_timeline_h100_*.json).
 """
 
 from __future__ import annotations

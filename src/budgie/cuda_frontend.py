@@ -64,15 +64,22 @@ class FrontendGraph:
 
         capture_graph(self.graph, frontend)
 
-    def run(
+    def pack(
         self, rows: list[np.ndarray], staging: PinnedStaging, pool: ThreadPoolExecutor | None
-    ) -> tuple[Tensor, Tensor]:
-        """The rows are laid out in pinned memory as the graph's padded input (zero tails, zero
-        unused rows) and copied in one transfer, their lengths in another; nothing waits and
-        no kernel runs before the replay."""
+    ) -> Tensor:
+        """The rows laid out in pinned memory as the graph's padded input (zero tails, zero
+        unused rows): the host's part, done while the GPU may still work on another batch."""
         batch, samples = self.audio.shape
         padded = staging.hold(batch * samples, self.audio.dtype).view(batch, samples)
         pack_padded(rows, padded.numpy(), pool)
+        return padded
+
+    def launch(
+        self, padded: Tensor, rows: list[np.ndarray], staging: PinnedStaging
+    ) -> tuple[Tensor, Tensor]:
+        """The packed samples copied in one transfer, their lengths in another, then the
+        replay; nothing waits and no kernel runs before it."""
+        batch = self.audio.shape[0]
         # (staging.hold waited for the last copies, this buffer's among them)
         self.counts.numpy()[:] = [len(r) for r in rows] + [0] * (batch - len(rows))
         self.audio.copy_(padded, non_blocking=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast, overload
@@ -28,7 +28,7 @@ from budgie.audio import SAMPLE_RATE, describe_source, load_samples, stack_padde
 from budgie.batching import LOAD_THREADS, input_order, input_windows
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
-from budgie.cuda_runner import CudaRunner
+from budgie.cuda_runner import CudaRunner, Staged
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.errors import AudioError, BudgieError
 from budgie.limits import FP16_OVERFLOW, OverflowCheck, check_single_pass
@@ -39,6 +39,9 @@ from budgie.timing import PhaseClock
 
 AudioInput = str | os.PathLike[str] | bytes | np.ndarray
 Result = Transcript | TranscriptionError
+# Stage (pack) the next batch while the GPU encodes this one, when phases are not synced one
+# by one (False: after this batch's decode, for A/B runs).
+STAGE_AHEAD = True
 ProgressCallback = Callable[[int], None]
 
 
@@ -50,6 +53,15 @@ class _Inferred:
     frames: list[int]
     phase_ms: dict[str, float]
     overflowed: list[bool]  # rows whose fp16 encoder output is not finite (limits.py)
+
+
+@dataclass
+class _Staged:
+    """A batch whose samples are on the host side of the frontend (CudaRunner.stage)."""
+
+    batch: list[_Loaded]
+    clock: PhaseClock
+    rows: Staged | None  # None off CUDA
 
 
 @dataclass
@@ -220,27 +232,48 @@ class Model:
                 finishing.append((batch, finish(batch, inferred)))
                 settle(wait=False)
 
+            def batches() -> Iterator[list[_Loaded]]:
+                """The batches in order, failed inputs recorded as they are met; loader threads
+                decode the next window while this one's batches run."""
+                nonlocal done
+                pending = submit(windows[0]) if windows else []
+                for number, window in enumerate(windows):
+                    current = collect(pending)
+                    if number + 1 < len(windows):
+                        pending = submit(windows[number + 1])
+                    loaded: list[_Loaded] = []
+                    for index, item in zip(window, current, strict=True):
+                        if isinstance(item, TranscriptionError):
+                            results[index] = item
+                            done += 1
+                        else:
+                            loaded.append(item)
+                    if batch_size > 1:
+                        loaded.sort(key=lambda item: len(item.samples))
+                    for start in range(0, len(loaded), batch_size):
+                        yield loaded[start : start + batch_size]
+
+            queue = batches()
+
+            def following() -> _Staged | None:
+                batch = next(queue, None)
+                return None if batch is None else self._stage_batch(batch)
+
+            # Unless phases are timed one by one, the next batch is staged (packed into pinned
+            # memory) while the GPU encodes this one; a decoded batch goes to the text thread
+            # only after that (budgie.batching says why).
+            look_ahead = STAGE_AHEAD and self.cuda_runner is not None and not self.sync_phases
             decoded: tuple[list[_Loaded], _Inferred] | None = None  # not handed over yet
-            pending = submit(windows[0]) if windows else []
-            for number, window in enumerate(windows):
-                current = collect(pending)
-                if number + 1 < len(windows):  # decode the next window while this one computes
-                    pending = submit(windows[number + 1])
-                loaded: list[_Loaded] = []
-                for index, item in zip(window, current, strict=True):
-                    if isinstance(item, TranscriptionError):
-                        results[index] = item
-                        done += 1
-                    else:
-                        loaded.append(item)
-                if batch_size > 1:
-                    loaded.sort(key=lambda item: len(item.samples))
-                for start in range(0, len(loaded), batch_size):
-                    batch = loaded[start : start + batch_size]
-                    started = self._start_batch(batch)
-                    if decoded is not None:  # only now: see budgie.batching
-                        hand_over(*decoded)
-                    decoded = (batch, self._end_batch(started, confidence))
+            staged = following()
+            while staged is not None:
+                started = self._start_batch(staged)
+                if look_ahead:
+                    staged = following()
+                if decoded is not None:
+                    hand_over(*decoded)
+                decoded = (started.batch, self._end_batch(started, confidence))
+                if not look_ahead:
+                    staged = following()
             if decoded is not None:
                 hand_over(*decoded)
             settle(wait=True)
@@ -260,13 +293,24 @@ class Model:
             return TranscriptionError(describe_source(source), str(exc))
         return _Loaded(index, describe_source(source), samples, clock.ms["load_audio"])
 
-    @torch.inference_mode()
-    def _start_batch(self, batch: list[_Loaded]) -> _Started:
-        """Frontend and encoder of a batch: on CUDA the host's part (packing the audio,
-        launches) is done when this returns, the GPU's may not be."""
+    def _stage_batch(self, batch: list[_Loaded]) -> _Staged:
+        """The host's part of a batch's preprocessing (CudaRunner.stage; nothing elsewhere)."""
         clock = PhaseClock(self.device, sync=self.sync_phases)
+        if self.cuda_runner is None:
+            return _Staged(batch, clock, None)
         with clock.phase("preprocess"):
-            features, feature_lengths = self._preprocess_rows([item.samples for item in batch])
+            staged = self.cuda_runner.stage([item.samples for item in batch])
+        return _Staged(batch, clock, staged)
+
+    @torch.inference_mode()
+    def _start_batch(self, staged: _Staged) -> _Started:
+        """Frontend and encoder of a staged batch: on CUDA launched, maybe not finished."""
+        batch, clock = staged.batch, staged.clock
+        with clock.phase("preprocess"):
+            if staged.rows is not None and self.cuda_runner is not None:
+                features, feature_lengths = self.cuda_runner.launch(staged.rows)
+            else:
+                features, feature_lengths = self._preprocess_rows([i.samples for i in batch])
         with clock.phase("encode"):
             encoded, enc_lengths = self._encode(features, feature_lengths)
             overflow = None
