@@ -1,8 +1,9 @@
 """In what order a list of inputs is loaded, batched, run and turned into text.
 
 Three kinds of threads share the work of ``Model.transcribe`` on a list: loader threads
-decode audio one window ahead (``input_order``, ``input_windows``), the calling thread runs
-the model batch by batch, and one text thread turns decoded batches into Transcripts.
+decode audio one window ahead (``WindowedLoader``, in ``input_order`` and ``input_windows``),
+the calling thread runs the model batch by batch, and one text thread turns decoded batches
+into Transcripts.
 
 The calling thread's order (``Model._run``), when phases are not synced one by one: launch
 batch k (copy, frontend, encoder), stage batch k+1 (pack its samples into pinned memory)
@@ -17,14 +18,34 @@ while the calling thread waits for the GPU (benchmarks/results/gpu_throughput_ti
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import pairwise
+from typing import Generic, TypeVar
 
 import numpy as np
+
+from budgie.results import TranscriptionError
 
 # Audio decoding threads, and how many inputs are decoded ahead (bounds memory on long lists).
 LOAD_THREADS = min(8, os.cpu_count() or 1)
 MIN_WINDOW = 64
+
+Source = TypeVar("Source")
+
+
+@dataclass
+class Loaded:
+    """An input decoded by a loader thread: its position in the input list and its samples."""
+
+    index: int
+    source: str
+    samples: np.ndarray  # float32, or int16 PCM (audio.load_samples)
+    load_ms: float
+
+
+LoadMany = Callable[[list[tuple[int, Source]]], list[Loaded | TranscriptionError]]
 
 
 def size_hint(source: object) -> int:
@@ -58,3 +79,63 @@ def input_windows(count: int, batch_size: int) -> list[range]:
     while bounds[-1] < count:
         bounds.append(min(count, bounds[-1] + window))
     return [range(a, b) for a, b in pairwise(bounds)] if count else []
+
+
+class WindowedLoader(Generic[Source]):
+    """Batches of loaded inputs in ``input_order``: ``load_many`` runs as one task per worker
+    of ``pool`` one window ahead of the batches being handed out (or in the calling thread
+    without a pool)."""
+
+    def __init__(
+        self,
+        inputs: Sequence[Source],
+        batch_size: int,
+        load_many: LoadMany[Source],
+        pool: ThreadPoolExecutor | None,
+        workers: int,
+    ) -> None:
+        self.inputs, self.batch_size, self.load_many = inputs, batch_size, load_many
+        self.pool, self.workers = pool, workers
+        order = input_order(inputs, batch_size)
+        self.windows = [[order[i] for i in w] for w in input_windows(len(inputs), batch_size)]
+
+    def batches(self, failed: Callable[[TranscriptionError, int], None]) -> Iterator[list[Loaded]]:
+        """Batches in order (sorted by length within a window when batch_size > 1); each
+        input that failed to load goes to ``failed`` with its index as it is met."""
+        pending = self._submit(self.windows[0]) if self.windows else []
+        for number, window in enumerate(self.windows):
+            current = self._collect(pending)
+            if number + 1 < len(self.windows):  # decode the next window while this one runs
+                pending = self._submit(self.windows[number + 1])
+            loaded: list[Loaded] = []
+            for index, item in zip(window, current, strict=True):
+                if isinstance(item, TranscriptionError):
+                    failed(item, index)
+                else:
+                    loaded.append(item)
+            if self.batch_size > 1:
+                loaded.sort(key=lambda item: len(item.samples))
+            for start in range(0, len(loaded), self.batch_size):
+                yield loaded[start : start + self.batch_size]
+
+    def _submit(self, window: list[int]) -> list[Future[list[Loaded | TranscriptionError]]]:
+        items = [(i, self.inputs[i]) for i in window]
+        if self.pool is None:  # load here, without a thread to start and hand samples back from
+            done: Future[list[Loaded | TranscriptionError]] = Future()
+            done.set_result(self.load_many(items))
+            return [done]
+        # One task per loader thread, strided so each gets long and short inputs: a future per
+        # input cost the calling thread ~100 GIL hand-offs per window.
+        return [
+            self.pool.submit(self.load_many, items[k :: self.workers])
+            for k in range(min(self.workers, len(items)))
+        ]
+
+    @staticmethod
+    def _collect(
+        futures: list[Future[list[Loaded | TranscriptionError]]],
+    ) -> list[Loaded | TranscriptionError]:
+        """The loaded window, in window order (task k holds inputs k, k + n, k + 2n, ...)."""
+        parts = [future.result() for future in futures]
+        count = sum(len(part) for part in parts)
+        return [parts[i % len(parts)][i // len(parts)] for i in range(count)]

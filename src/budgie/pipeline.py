@@ -8,7 +8,7 @@ shared by its members), tokenize (per input); total is their sum for the input.
 
 Three kinds of threads overlap: loader threads decode audio one window ahead, the calling thread
 runs the model batch by batch, and one text thread turns a batch's hypotheses into Transcripts
-while the next batch runs on the GPU.
+while the next batch runs on the GPU (``budgie.batching``: the loading, and the order of work).
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, cast, overload
+from typing import cast, overload
 
 import numpy as np
 import torch
 
 from budgie.audio import SAMPLE_RATE, describe_source, load_samples, stack_padded
-from budgie.batching import LOAD_THREADS, input_order, input_windows
+from budgie.batching import LOAD_THREADS, Loaded, WindowedLoader
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
 from budgie.cuda_runner import CudaRunner, Staged
@@ -59,7 +59,7 @@ class _Inferred:
 class _Staged:
     """A batch whose samples are on the host side of the frontend (CudaRunner.stage)."""
 
-    batch: list[_Loaded]
+    batch: list[Loaded]
     clock: PhaseClock
     rows: Staged | None  # None off CUDA
 
@@ -68,19 +68,11 @@ class _Staged:
 class _Started:
     """A batch whose frontend and encoder have been launched: what its decode needs."""
 
-    batch: list[_Loaded]
+    batch: list[Loaded]
     clock: PhaseClock
     encoded: torch.Tensor
     lengths: torch.Tensor
     overflow: OverflowCheck | None  # fp16 on CUDA
-
-
-@dataclass
-class _Loaded:
-    index: int
-    source: str
-    samples: np.ndarray  # float32, or int16 PCM (audio.load_samples)
-    load_ms: float
 
 
 class Model:
@@ -181,7 +173,7 @@ class Model:
         text thread turns each batch's hypotheses into Transcripts while the next batch runs."""
         results: list[Result | None] = [None] * len(inputs)
         done = 0
-        finishing: deque[tuple[list[_Loaded], Future[list[Result]]]] = deque()
+        finishing: deque[tuple[list[Loaded], Future[list[Result]]]] = deque()
 
         def settle(wait: bool) -> None:
             nonlocal done
@@ -193,67 +185,33 @@ class Model:
                 if progress:
                     progress(done)
 
-        order = input_order(inputs, batch_size)
-        windows = [[order[i] for i in window] for window in input_windows(len(inputs), batch_size)]
         workers = min(LOAD_THREADS, max(1, len(inputs)))
         with (
             ThreadPoolExecutor(workers, thread_name_prefix="budgie-load") as loaders,
             ThreadPoolExecutor(1, thread_name_prefix="budgie-text") as text,
         ):
+            # A single input has nothing to overlap with: it is loaded and finished in the
+            # calling thread, without threads to hand it over to and back from.
+            single = len(inputs) == 1
 
-            def finish(batch: list[_Loaded], inferred: _Inferred) -> Future[list[Result]]:
-                if len(inputs) == 1:  # nothing to overlap with: no thread hand-off
+            def hand_over(batch: list[Loaded], inferred: _Inferred) -> None:
+                if single:
                     future: Future[list[Result]] = Future()
                     future.set_result(self._finish_batch(batch, inferred, timestamps))
-                    return future
-                return text.submit(self._finish_batch, batch, inferred, timestamps)
-
-            def submit(window: list[int]) -> list[Future[list[_Loaded | TranscriptionError]]]:
-                if len(inputs) == 1:  # nothing to overlap with: load here, without a
-                    # loader thread to start and hand the samples back from
-                    done_now: Future[list[_Loaded | TranscriptionError]] = Future()
-                    done_now.set_result(self._load_many([(i, inputs[i]) for i in window]))
-                    return [done_now]
-                # One task per loader thread, strided so each gets long and short inputs: a
-                # future per input cost the calling thread ~100 GIL hand-offs per window.
-                return [
-                    loaders.submit(self._load_many, [(i, inputs[i]) for i in window[k::workers]])
-                    for k in range(min(workers, len(window)))
-                ]
-
-            def collect(futures: list[Future[list[_Loaded | TranscriptionError]]]) -> list[Any]:
-                """The loaded window, in window order."""
-                items: list[Any] = [None] * sum(len(f.result()) for f in futures)
-                for k, future in enumerate(futures):
-                    items[k :: len(futures)] = future.result()
-                return items
-
-            def hand_over(batch: list[_Loaded], inferred: _Inferred) -> None:
-                finishing.append((batch, finish(batch, inferred)))
+                else:
+                    future = text.submit(self._finish_batch, batch, inferred, timestamps)
+                finishing.append((batch, future))
                 settle(wait=False)
 
-            def batches() -> Iterator[list[_Loaded]]:
-                """The batches in order, failed inputs recorded as they are met; loader threads
-                decode the next window while this one's batches run."""
+            def failed(error: TranscriptionError, index: int) -> None:
                 nonlocal done
-                pending = submit(windows[0]) if windows else []
-                for number, window in enumerate(windows):
-                    current = collect(pending)
-                    if number + 1 < len(windows):
-                        pending = submit(windows[number + 1])
-                    loaded: list[_Loaded] = []
-                    for index, item in zip(window, current, strict=True):
-                        if isinstance(item, TranscriptionError):
-                            results[index] = item
-                            done += 1
-                        else:
-                            loaded.append(item)
-                    if batch_size > 1:
-                        loaded.sort(key=lambda item: len(item.samples))
-                    for start in range(0, len(loaded), batch_size):
-                        yield loaded[start : start + batch_size]
+                results[index] = error
+                done += 1
 
-            queue = batches()
+            loader = WindowedLoader(
+                inputs, batch_size, self._load_many, None if single else loaders, workers
+            )
+            queue = loader.batches(failed)
 
             def following() -> _Staged | None:
                 batch = next(queue, None)
@@ -263,7 +221,7 @@ class Model:
             # memory) while the GPU encodes this one; a decoded batch goes to the text thread
             # only after that (budgie.batching says why).
             look_ahead = STAGE_AHEAD and self.cuda_runner is not None and not self.sync_phases
-            decoded: tuple[list[_Loaded], _Inferred] | None = None  # not handed over yet
+            decoded: tuple[list[Loaded], _Inferred] | None = None  # not handed over yet
             staged = following()
             while staged is not None:
                 started = self._start_batch(staged)
@@ -279,10 +237,10 @@ class Model:
             settle(wait=True)
         return [r for r in results if r is not None]
 
-    def _load_many(self, items: list[tuple[int, AudioInput]]) -> list[_Loaded | TranscriptionError]:
+    def _load_many(self, items: list[tuple[int, AudioInput]]) -> list[Loaded | TranscriptionError]:
         return [self._load_one(index, source) for index, source in items]
 
-    def _load_one(self, index: int, source: AudioInput) -> _Loaded | TranscriptionError:
+    def _load_one(self, index: int, source: AudioInput) -> Loaded | TranscriptionError:
         """Decode one input (runs in a loader thread; soundfile and soxr release the GIL)."""
         clock = PhaseClock(self.device, sync=False)
         try:
@@ -291,9 +249,9 @@ class Model:
             check_single_pass(self.config, len(samples), self.device)
         except BudgieError as exc:
             return TranscriptionError(describe_source(source), str(exc))
-        return _Loaded(index, describe_source(source), samples, clock.ms["load_audio"])
+        return Loaded(index, describe_source(source), samples, clock.ms["load_audio"])
 
-    def _stage_batch(self, batch: list[_Loaded]) -> _Staged:
+    def _stage_batch(self, batch: list[Loaded]) -> _Staged:
         """The host's part of a batch's preprocessing (CudaRunner.stage; nothing elsewhere)."""
         clock = PhaseClock(self.device, sync=self.sync_phases)
         if self.cuda_runner is None:
@@ -329,7 +287,7 @@ class Model:
         return _Inferred(hyps, frames, dict(clock.ms), overflowed)
 
     def _finish_batch(
-        self, batch: list[_Loaded], inferred: _Inferred, timestamps: bool
+        self, batch: list[Loaded], inferred: _Inferred, timestamps: bool
     ) -> list[Result]:
         """Hypotheses -> Transcripts (text, timestamps, timings); runs in the text thread."""
         phase_ms = inferred.phase_ms
