@@ -3,7 +3,9 @@
 Loads the full-size synthetic v2 checkpoint in bf16, warms the clips' graphs up, then times
 single-clip transcripts with light wrappers: the host time of every CUDA graph replay (the
 frontend's, then the encoder's) next to the GPU time of the same replay (CUDA events around
-it), the host time of the decoder call, and the phase means. Run on the device:
+it), the host time of the decoder call, and the phase means; before that, in a pass without
+any synchronization added, the host time of each step of the pipeline (``HOST_CALLS``). Run on
+the device:
     python3 benchmarks/gpu_launch_costs.py --out $OUT/gpu_launch_costs.json
 """
 
@@ -26,6 +28,8 @@ from gpu_micro import gpu_record, synth_v2_clips  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
 from budgie.cuda_runner import CudaRunner  # noqa: E402
+from budgie.pipeline import Model  # noqa: E402
+from budgie.timing import PhaseClock  # noqa: E402
 
 samples: dict[str, list[float]] = {}
 
@@ -50,6 +54,35 @@ def wrap_replay() -> None:
         note(f"{kind}_gpu_us", start.elapsed_time(end) * 1000)
 
     torch.cuda.CUDAGraph.replay = replay  # type: ignore[method-assign]
+
+
+def wrap_host(owner: Any, name: str) -> None:
+    """Host time of every call of ``owner.name`` (nothing is synchronized)."""
+    original = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            note(f"{owner.__name__}.{name}_host_us", (time.perf_counter() - t0) * 1e6)
+
+    setattr(owner, name, timed)
+
+
+# The calls of a B=1 transcript whose host time the "host" pass records.
+HOST_CALLS = (
+    (Model, "_load_one"),
+    (Model, "_stage_batch"),
+    (Model, "_start_batch"),
+    (Model, "_end_batch"),
+    (Model, "_finish_batch"),
+    (CudaRunner, "stage"),
+    (CudaRunner, "launch"),
+    (CudaRunner, "encode"),
+    (CudaRunner, "decode"),
+    (PhaseClock, "_settle"),
+)
 
 
 def label_graphs(runner: CudaRunner) -> None:
@@ -82,6 +115,9 @@ def main() -> None:
         model.transcribe(clips)
     record = gpu_record()
     record["plain"] = phase_means([model.transcribe(c) for c in clips for _ in range(2)])
+    for owner, name in HOST_CALLS:
+        wrap_host(owner, name)
+    record["host"] = phase_means([model.transcribe(c) for c in clips for _ in range(2)])
     runner = model.cuda_runner
     assert runner is not None
     label_graphs(runner)
@@ -90,7 +126,7 @@ def main() -> None:
     record["instrumented"] = phase_means([model.transcribe(c) for c in clips for _ in range(2)])
     record["costs"] = {k: statistics.median(v) for k, v in samples.items()}
     record["costs_mean"] = {k: statistics.fmean(v) for k, v in samples.items()}
-    print(json.dumps({k: record[k] for k in ("plain", "costs", "costs_mean")}, indent=1))
+    print(json.dumps({k: record[k] for k in ("plain", "host", "costs", "costs_mean")}, indent=1))
     args.out.write_text(json.dumps(record, indent=1))
 
 
