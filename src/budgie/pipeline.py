@@ -61,7 +61,7 @@ class _Staged:
 
     batch: list[Loaded]
     clock: PhaseClock
-    rows: Staged | None  # None off CUDA
+    samples: Staged | None  # CudaRunner.stage's; None off CUDA
 
 
 @dataclass
@@ -265,8 +265,8 @@ class Model:
         """Frontend and encoder of a staged batch: on CUDA launched, maybe not finished."""
         batch, clock = staged.batch, staged.clock
         with clock.phase("preprocess"):
-            if staged.rows is not None and self.cuda_runner is not None:
-                features, feature_lengths = self.cuda_runner.launch(staged.rows)
+            if staged.samples is not None and self.cuda_runner is not None:
+                features, feature_lengths = self.cuda_runner.launch(staged.samples)
             else:
                 features, feature_lengths = self._preprocess_rows([i.samples for i in batch])
         with clock.phase("encode"):
