@@ -182,3 +182,24 @@ def test_usage_errors_exit_2_with_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err
+
+
+def test_throughput_mode_gives_the_same_transcripts_in_batches(
+    synth_models: SynthModels, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--throughput batches the files (32 unless --batch-size says otherwise) with phases not
+    synced; the transcripts are those of the default one-by-one run."""
+    model = synth_models.checkpoint("tiny").path
+    rng = np.random.default_rng(3)
+    files = [
+        _wav(tmp_path / f"f{i}.wav", (rng.standard_normal(4000 + 900 * i) * 0.1).astype(np.float32))
+        for i in range(5)
+    ] + [JIM]
+    code, plain, _ = _run_json(capsys, model, files)
+    code_t, batched, _ = _run_json(capsys, model, ["--throughput", *files])
+    assert code == code_t == 0
+    assert [r["token_ids"] for r in batched] == [r["token_ids"] for r in plain]
+    assert {r["counts"]["batch_size"] for r in plain} == {1}  # type: ignore[index]
+    assert max(r["counts"]["batch_size"] for r in batched) == len(files)  # type: ignore[index]
+    _, capped, _ = _run_json(capsys, model, ["--throughput", "--batch-size", "2", *files])
+    assert max(r["counts"]["batch_size"] for r in capped) == 2  # type: ignore[index]

@@ -12,6 +12,9 @@ from budgie.formats import EXTENSIONS, FORMATS, render
 from budgie.progress import progress_bar
 from budgie.results import Transcript, TranscriptionError
 
+# --throughput's batch size when none is given: within the best two on an H100 (README, Speed).
+THROUGHPUT_BATCH = 32
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -23,7 +26,19 @@ def register(subparsers: Any) -> None:
         "files", nargs="+", metavar="FILE", help="audio files (wav, flac, mp3, m4a, ...)"
     )
     add_model_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=1, help="inputs per forward pass")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"inputs per forward pass (default 1; {THROUGHPUT_BATCH} with --throughput)",
+    )
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="many files in the least total time: phases are not synced one by one (each "
+        "record's timings are then host times) and the next batch is packed while the GPU "
+        "works on this one",
+    )
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format")
     parser.add_argument("--output-dir", type=Path, help="write one file per input here")
     parser.add_argument("--confidence", action="store_true", help="per-token confidence")
@@ -59,6 +74,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from budgie.api import load_model
 
+    if args.batch_size is None:
+        args.batch_size = THROUGHPUT_BATCH if args.throughput else 1
     if args.batch_size < 1:
         raise BudgieError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.output_dir is not None:
@@ -75,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         decoder_device=args.decoder_device,
     )
+    model.sync_phases = not args.throughput
     show = args.format != "json" and len(args.files) > 1
     with progress_bar(len(args.files), "transcribing", enabled=show) as advance:
         results = model.transcribe(
