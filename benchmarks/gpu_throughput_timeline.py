@@ -14,6 +14,7 @@ Run on the device (no NeMo needed):
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import sys
@@ -29,7 +30,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import torch  # noqa: E402
 from gpu_micro import gpu_record, synth_v2_clips  # noqa: E402
 
-from budgie import cuda_runner, pipeline  # noqa: E402
+from budgie import cuda_runner  # noqa: E402
 from budgie.api import load_model  # noqa: E402
 from budgie.pipeline import Model  # noqa: E402
 
@@ -136,15 +137,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--passes", type=int, default=5)
-    parser.add_argument("--ab", action="store_true", help="alternate pipeline.STAGE_AHEAD on/off")
+    parser.add_argument(
+        "--ab",
+        metavar="MODULE.FLAG",
+        help="alternate a budgie module's boolean flag on and off pass by pass, e.g. "
+        "pipeline.STAGE_AHEAD or batching.LONGEST_FIRST",
+    )
     args = parser.parse_args()
     out = gpu_record() | {"batch": args.batch}
     checkpoint, clips = synth_v2_clips(20)
     files = clips * args.copies
     model = load_model(checkpoint, device="cuda", dtype="bf16")
     model.sync_phases = False
-    for _ in range(2):
-        model.transcribe(files, batch_size=args.batch)
+    module, flag = (None, "") if args.ab is None else args.ab.split(".")
+    owner = importlib.import_module(f"budgie.{module}") if module else None
+    modes = [True, False] if owner else [True]
+    for mode in modes:  # every mode's shapes captured before anything is timed
+        if owner is not None:
+            setattr(owner, flag, mode)
+        for _ in range(2):
+            model.transcribe(files, batch_size=args.batch)
     recorder = Recorder()
     undo = [
         recorder.wrap_host(Model, "_load_many"),
@@ -156,27 +168,27 @@ def main() -> None:
         recorder.wrap_gpu(cuda_runner.CudaRunner, "decode_projected", "decode"),
     ]
     passes = []
-    modes = [True, False] if args.ab else [pipeline.STAGE_AHEAD]
     for number in range(args.passes * len(modes)):  # --ab: the modes alternate pass by pass
-        pipeline.STAGE_AHEAD = modes[number % len(modes)]
+        if owner is not None:
+            setattr(owner, flag, modes[number % len(modes)])
         record = one_pass(model, files, args.batch, recorder)
-        passes.append(record | {"stage_ahead": pipeline.STAGE_AHEAD})
+        passes.append(record | {"flag": args.ab, "on": modes[number % len(modes)]})
     for restore in reversed(undo):
         restore()
     for p in passes:
         print(
-            f"stage ahead {p['stage_ahead']}: wall {p['wall_ms']:.1f} ms, GPU busy "
+            f"{p['flag']} {p['on']}: wall {p['wall_ms']:.1f} ms, GPU busy "
             f"{p['gpu_busy_ms']:.1f}, first GPU work at {p['gpu_first_start_ms']:.1f}, text "
             f"thread {p['text_thread_ms']:.1f}, loading {p['load_ms']:.1f} (thread sum)",
             flush=True,
         )
     out["wall_ms_median"] = {}
     for mode in modes:
-        mine = [p for p in passes if p["stage_ahead"] == mode]
-        median = out["wall_ms_median"][f"stage_ahead_{mode}"] = statistics.median(
+        mine = [p for p in passes if p["on"] == mode]
+        median = out["wall_ms_median"][f"{args.ab}={mode}"] = statistics.median(
             p["wall_ms"] for p in mine
         )
-        print(f"stage ahead {mode}: median wall {median:.1f} ms over {len(mine)} passes")
+        print(f"{args.ab} {mode}: median wall {median:.1f} ms over {len(mine)} passes")
         for row in min(mine, key=lambda p: p["wall_ms"])["spans"]:
             print(
                 f"  {row['start_ms']:8.2f} {row['end_ms']:8.2f}  {row['where']:>16}  {row['what']}"

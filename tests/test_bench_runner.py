@@ -173,8 +173,9 @@ def test_throughput_mode(tiny: Model, tiny_path: Path, tmp_path: Path) -> None:
     assert rec["settings"]["phaseSync"] is False and rec["summary"]["mode"] == "throughput"
     assert tiny.sync_phases is True  # restored after the run
     runs = rec["runs"]
-    by_length = sorted(runs, key=lambda r: r["audioDurationSec"])
-    # batches by file size (same format: by length): the two shortest (cold), then the last
+    by_length = sorted(runs, key=lambda r: r["audioDurationSec"], reverse=True)
+    # batches by file size (same format: by length): the two longest first (cold), then the
+    # shortest
     assert [r["metrics"]["batch_size"] for r in by_length] == [2, 2, 1]
     assert [r["warm"] for r in by_length] == [False, False, True]
     s = rec["summary"]

@@ -418,11 +418,15 @@ def test_input_windows_start_with_one_batch(count: int, batch_size: int, sizes: 
     assert [i for w in windows for i in w] == list(range(count))
 
 
-def test_batched_inputs_are_ordered_by_size(tmp_path: Path) -> None:
+def test_batched_inputs_are_ordered_by_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Batches are formed in size order before any audio is decoded; batch 1 keeps the order."""
     small, big = tmp_path / "small.wav", tmp_path / "big.wav"
     small.write_bytes(b"x" * 10)
     big.write_bytes(b"x" * 1000)
     inputs = [str(big), np.zeros(50, dtype=np.float32), b"y" * 5, str(small), str(tmp_path / "no")]
-    assert input_order(inputs, 4) == [4, 2, 3, 1, 0]  # missing file: 0, its error comes later
+    assert input_order(inputs, 4) == [0, 1, 3, 2, 4]  # longest first; missing file: size 0
     assert input_order(inputs, 1) == [0, 1, 2, 3, 4]
+    monkeypatch.setattr(batching, "LONGEST_FIRST", False)
+    assert input_order(inputs, 4) == [4, 2, 3, 1, 0]

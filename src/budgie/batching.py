@@ -31,6 +31,9 @@ from budgie.results import TranscriptionError
 # Audio decoding threads, and how many inputs are decoded ahead (bounds memory on long lists).
 LOAD_THREADS = min(8, os.cpu_count() or 1)
 MIN_WINDOW = 64
+# Batched inputs go longest first: the run then ends on its shortest batch, whose decode and
+# text are what is left to do once the GPU has finished (False: shortest first, for A/B runs).
+LONGEST_FIRST = True
 
 Source = TypeVar("Source")
 
@@ -62,11 +65,12 @@ def size_hint(source: object) -> int:
 
 
 def input_order(inputs: Sequence[object], batch_size: int) -> list[int]:
-    """The order inputs are loaded and batched in: as given for batch 1; by size for batches,
-    so even the first batch (formed before the rest is decoded) holds similar lengths."""
+    """The order inputs are loaded and batched in: as given for batch 1; by size for batches
+    (``LONGEST_FIRST``), so even the first batch (formed before the rest is decoded) holds
+    similar lengths."""
     if batch_size == 1:
         return list(range(len(inputs)))
-    return sorted(range(len(inputs)), key=lambda i: size_hint(inputs[i]))
+    return sorted(range(len(inputs)), key=lambda i: size_hint(inputs[i]), reverse=LONGEST_FIRST)
 
 
 def input_windows(count: int, batch_size: int) -> list[range]:
@@ -100,7 +104,8 @@ class WindowedLoader(Generic[Source]):
         self.windows = [[order[i] for i in w] for w in input_windows(len(inputs), batch_size)]
 
     def batches(self, failed: Callable[[TranscriptionError, int], None]) -> Iterator[list[Loaded]]:
-        """Batches in order (sorted by length within a window when batch_size > 1); each
+        """Batches in order (sorted by length within a window when batch_size > 1, as
+        ``input_order`` sorts the windows); each
         input that failed to load goes to ``failed`` with its index as it is met."""
         pending = self._submit(self.windows[0]) if self.windows else []
         for number, window in enumerate(self.windows):
@@ -114,7 +119,7 @@ class WindowedLoader(Generic[Source]):
                 else:
                     loaded.append(item)
             if self.batch_size > 1:
-                loaded.sort(key=lambda item: len(item.samples))
+                loaded.sort(key=lambda item: len(item.samples), reverse=LONGEST_FIRST)
             for start in range(0, len(loaded), self.batch_size):
                 yield loaded[start : start + self.batch_size]
 

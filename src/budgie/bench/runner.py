@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 import budgie
+from budgie import batching
 from budgie.api import DEFAULT_MODEL
 from budgie.batching import input_order, input_windows
 from budgie.bench.audioset import default_clips, load_manifest, write_clips
@@ -296,7 +297,7 @@ def _cold_rows(
         if index in first and isinstance(r, Transcript)
     ]
     if batch_size > 1:
-        done.sort(key=lambda item: item[1].duration_s)
+        done.sort(key=lambda item: item[1].duration_s, reverse=batching.LONGEST_FIRST)
     return {row for row, _ in done[:batch_size]}
 
 
