@@ -14,6 +14,7 @@ Run on the device (no NeMo needed):
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import statistics
@@ -140,8 +141,13 @@ def main() -> None:
     parser.add_argument(
         "--ab",
         metavar="MODULE.FLAG",
-        help="alternate a budgie module's boolean flag on and off pass by pass, e.g. "
+        help="alternate a budgie module's setting between two values pass by pass, e.g. "
         "pipeline.STAGE_AHEAD or batching.LONGEST_FIRST",
+    )
+    parser.add_argument(
+        "--ab-values",
+        default="True,False",
+        help="the two values --ab alternates between (Python literals; default: True,False)",
     )
     args = parser.parse_args()
     out = gpu_record() | {"batch": args.batch}
@@ -151,7 +157,7 @@ def main() -> None:
     model.sync_phases = False
     module, flag = (None, "") if args.ab is None else args.ab.split(".")
     owner = importlib.import_module(f"budgie.{module}") if module else None
-    modes = [True, False] if owner else [True]
+    modes = [ast.literal_eval(v) for v in args.ab_values.split(",")] if owner else [None]
     for mode in modes:  # every mode's shapes captured before anything is timed
         if owner is not None:
             setattr(owner, flag, mode)
