@@ -150,21 +150,3 @@ def test_look_ahead_gives_the_synced_transcripts(synth_models: SynthModels, dtyp
     want = passes(look_ahead=False)
     assert all(None not in ids for ids in want) and sum(len(i or []) for i in want[2]) > 0
     assert passes(look_ahead=True) == want
-
-
-def test_switch_interval_is_shortened_and_restored() -> None:
-    import sys
-
-    from budgie.batching import switch_interval
-
-    before = sys.getswitchinterval()
-    with switch_interval(before / 10):
-        assert sys.getswitchinterval() == pytest.approx(before / 10)
-    assert sys.getswitchinterval() == before
-    for unchanged in (None, before * 2):
-        with switch_interval(unchanged):
-            assert sys.getswitchinterval() == before
-    with switch_interval(before / 10):  # someone else's setting meanwhile is left alone
-        sys.setswitchinterval(before / 4)
-    assert sys.getswitchinterval() == pytest.approx(before / 4)
-    sys.setswitchinterval(before)

@@ -18,10 +18,8 @@ while the calling thread waits for the GPU (benchmarks/results/gpu_throughput_ti
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Generic, TypeVar
@@ -33,11 +31,6 @@ from budgie.results import TranscriptionError
 # Audio decoding threads, and how many inputs are decoded ahead (bounds memory on long lists).
 LOAD_THREADS = min(8, os.cpu_count() or 1)
 MIN_WINDOW = 64
-# The interpreter's thread switch interval while a list is transcribed (None: left as it is).
-# The text thread's pure Python holds the lock for up to the interval (5 ms by default) each
-# time the calling thread, back from a CUDA wait, asks for it; a decode with host checks asks
-# several times per batch.
-SWITCH_INTERVAL_S: float | None = 0.0005
 # Batched inputs go longest first: the run then ends on its shortest batch, whose decode and
 # text are what is left to do once the GPU has finished (False: shortest first, for A/B runs).
 LONGEST_FIRST = True
@@ -151,19 +144,3 @@ class WindowedLoader(Generic[Source]):
         parts = [future.result() for future in futures]
         count = sum(len(part) for part in parts)
         return [parts[i % len(parts)][i // len(parts)] for i in range(count)]
-
-
-@contextmanager
-def switch_interval(seconds: float | None) -> Iterator[None]:
-    """``sys.setswitchinterval(seconds)`` for the duration, when shorter than the current one
-    (restored unless someone else changed it meanwhile)."""
-    previous = sys.getswitchinterval()
-    if seconds is None or previous <= seconds:
-        yield
-        return
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        if sys.getswitchinterval() == seconds:
-            sys.setswitchinterval(previous)

@@ -24,9 +24,8 @@ from typing import cast, overload
 import numpy as np
 import torch
 
-from budgie import batching
 from budgie.audio import SAMPLE_RATE, describe_source, load_samples, stack_padded
-from budgie.batching import LOAD_THREADS, Loaded, WindowedLoader, switch_interval
+from budgie.batching import LOAD_THREADS, Loaded, WindowedLoader
 from budgie.config import ModelConfig
 from budgie.cpu_decoding import CpuDecoder
 from budgie.cuda_runner import CudaRunner, Staged
@@ -187,11 +186,9 @@ class Model:
                     progress(done)
 
         workers = min(LOAD_THREADS, max(1, len(inputs)))
-        interval = batching.SWITCH_INTERVAL_S if len(inputs) > 1 else None
         with (
             ThreadPoolExecutor(workers, thread_name_prefix="budgie-load") as loaders,
             ThreadPoolExecutor(1, thread_name_prefix="budgie-text") as text,
-            switch_interval(interval),
         ):
             # A single input has nothing to overlap with: it is loaded and finished in the
             # calling thread, without threads to hand it over to and back from.
