@@ -194,24 +194,46 @@ def build_timed_tokens(
 
     ``frame`` and ``duration`` keep the decoder's raw emission frame and TDT duration.
     """
-    _check_lengths(ids, frames, durations, confidences)
     ids = [int(i) for i in ids]
-    texts = tokenizer.token_texts(ids)
+    return _timed_tokens(
+        tokenizer, ids, tokenizer.pieces(ids), tokenizer.token_texts(ids), frames, durations,
+        confidences, frame_shift_s,
+    )  # fmt: skip
+
+
+def _timed_tokens(
+    tokenizer: Tokenizer,
+    ids: list[int],
+    pieces: list[str],
+    texts: list[str],
+    frames: Sequence[int],
+    durations: Sequence[int],
+    confidences: Sequence[float] | None,
+    frame_shift_s: float,
+) -> list[Token]:
+    _check_lengths(ids, frames, durations, confidences)
     offsets = snap_punctuation(texts, frames, durations, tokenizer.supported_punctuation)
     confs = [None] * len(ids) if confidences is None else [float(c) for c in confidences]
     return [
         Token(tid, piece, start * frame_shift_s, end * frame_shift_s, int(frame), int(dur), conf)
         for tid, piece, frame, dur, (start, end), conf in zip(
-            ids, tokenizer.pieces(ids), frames, durations, offsets, confs, strict=True
+            ids, pieces, frames, durations, offsets, confs, strict=True
         )
     ]
 
 
 def group_words(tokens: Sequence[Token], tokenizer: Tokenizer) -> list[Word]:
     """NeMo's word timestamps; confidence = min over the word's tokens (None if any lacks one)."""
+    pieces = [t.piece for t in tokens]
+    return _group_words(tokens, pieces, tokenizer.token_texts([t.id for t in tokens]), tokenizer)
+
+
+def _group_words(
+    tokens: Sequence[Token], pieces: list[str], texts: list[str], tokenizer: Tokenizer
+) -> list[Word]:
     spans = word_spans(
-        [t.piece for t in tokens],
-        tokenizer.token_texts([t.id for t in tokens]),
+        pieces,
+        texts,
         tokenizer.supported_punctuation,
         tokenizer.decode_word,
         tokenizer.tokenizer_type,
@@ -256,10 +278,18 @@ def build_text_and_timestamps(
     confidences: Sequence[float] | None,
     frame_shift_s: float,
 ) -> tuple[str, list[Token], list[Word], list[Segment]]:
-    """Everything the pipeline needs from one utterance's decoder output, in one call."""
-    tokens = build_timed_tokens(tokenizer, ids, frames, durations, confidences, frame_shift_s)
-    words = group_words(tokens, tokenizer)
-    return tokenizer.decode(ids), tokens, words, group_segments(words)
+    """Everything the pipeline needs from one utterance's decoder output, in one call (each
+    token's piece and text looked up once for all of it)."""
+    ids = [int(i) for i in ids]
+    pieces, texts = tokenizer.pieces(ids), tokenizer.token_texts(ids)
+    tokens = _timed_tokens(
+        tokenizer, ids, pieces, texts, frames, durations, confidences, frame_shift_s
+    )
+    words = _group_words(tokens, pieces, texts, tokenizer)
+    text = remove_space_before_punctuation(
+        tokenizer.decode_pieces(pieces), tokenizer.supported_punctuation
+    )
+    return text, tokens, words, group_segments(words)
 
 
 def _check_lengths(
