@@ -375,3 +375,48 @@ def test_first_decode_replays_a_graph_of_the_eager_step(
     assert sum(len(h.token_ids) for h in first) > 0
     assert graphed.decode(encoded, lengths) == first
     assert len(graphed._final_decoders) == 1
+
+
+def test_triton_classes_are_looked_up_when_graphs_are_due(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing Triton costs 0.3-0.6 s: a runner and a shape's first (eager) decode must not
+    do it; the lookup happens once, at the first graphed decode, and a setting wins over it."""
+    looked_up: list[str] = []
+    monkeypatch.setattr(
+        cuda_runner, "triton_step_decoder", lambda: looked_up.append("step") or None
+    )
+    monkeypatch.setattr(cuda_runner, "loop_decoder", lambda: looked_up.append("loop") or None)
+    monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", lambda machine, compile: None)
+    net = synth_models.model("tiny").network
+    runner = cuda_runner.CudaRunner(net)
+    runner._decoder_machine(1, 64, torch.device("cpu"), graphed=False)
+    assert looked_up == []
+    runner._decoder_machine(1, 64, torch.device("cpu"), graphed=True)
+    runner._decoder_machine(2, 64, torch.device("cpu"), graphed=True)
+    assert sorted(looked_up) == ["loop", "step"]  # once each
+    other = cuda_runner.CudaRunner(net)
+    other.triton_decoder = other.loop_decoder = None
+    other._decoder_machine(1, 64, torch.device("cpu"), graphed=True)
+    assert sorted(looked_up) == ["loop", "step"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_first_transcript_does_not_import_triton(synth_models: SynthModels) -> None:
+    """In a fresh interpreter: load_model and a first transcript leave Triton unimported; the
+    second use of the shape (graphs) brings it in."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, budgie\n"
+        f"m = budgie.load_model({str(synth_models.checkpoint('tiny').path)!r}, device='cuda',"
+        " dtype='bf16')\n"
+        "x = (np.random.default_rng(0).standard_normal(32000) * 0.1).astype(np.float32)\n"
+        "m.transcribe(x); print('triton' in sys.modules)\n"
+        "m.transcribe(x); print('triton' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.split() == ["False", "True"]

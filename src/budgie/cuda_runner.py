@@ -108,6 +108,9 @@ def _triton_part(module: str, name: str) -> object | None:
         return None
 
 
+_UNRESOLVED = object()  # a Triton class not looked up yet
+
+
 def triton_step_decoder() -> type[StepDecoder] | None:
     """The Triton step machine (triton_decoding.py), when Triton is there and allowed."""
     return cast(
@@ -218,8 +221,11 @@ class CudaRunner:
             compile_encoder = "encoder" in wanted
         self.compile_decoder = compile_decoder
         self.compile_encoder = compile_encoder
-        self.triton_decoder = triton_step_decoder()
-        self.loop_decoder = loop_decoder()
+        # The Triton decoder classes, looked up when a shape's graphs are first due: importing
+        # Triton took 0.3-0.6 s on the device hosts, and a process's first transcript runs
+        # eagerly without it (set them to None or another class to choose).
+        self._triton_decoder: type[StepDecoder] | object | None = _UNRESOLVED
+        self._loop_decoder: type[StepDecoder] | object | None = _UNRESOLVED
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
         self.fused_subsampling = True  # and the fused subsampling kernels with them
         self._layer_runner: LayerRunner | None = None
@@ -234,6 +240,28 @@ class CudaRunner:
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
         self._steps_per_frame = 0.25
+
+    @property
+    def triton_decoder(self) -> type[StepDecoder] | None:
+        """The Triton step machine class (None: not available or not wanted)."""
+        if self._triton_decoder is _UNRESOLVED:
+            self._triton_decoder = triton_step_decoder()
+        return cast("type[StepDecoder] | None", self._triton_decoder)
+
+    @triton_decoder.setter
+    def triton_decoder(self, machine: type[StepDecoder] | None) -> None:
+        self._triton_decoder = machine
+
+    @property
+    def loop_decoder(self) -> type[StepDecoder] | None:
+        """The one-launch loop machine class (None: not available or not wanted)."""
+        if self._loop_decoder is _UNRESOLVED:
+            self._loop_decoder = loop_decoder()
+        return cast("type[StepDecoder] | None", self._loop_decoder)
+
+    @loop_decoder.setter
+    def loop_decoder(self, machine: type[StepDecoder] | None) -> None:
+        self._loop_decoder = machine
 
     def _graph_now(self, kind: str, key: tuple[int, int]) -> bool:
         """True from the second use of a shape on: one-off shapes stay eager."""
@@ -319,7 +347,7 @@ class CudaRunner:
         (graphed; compiled when asked). For a shape's first use, the torch step, in a graph
         on CUDA (GRAPH_FIRST_DECODE)."""
         net = self.network
-        loop = self.loop_decoder
+        loop = self.loop_decoder if graphed else None  # (a first use needs no Triton)
         if graphed and loop is not None and batch <= getattr(loop, "max_batch", 0):
 
             def one_launch() -> tuple[StepDecoder, None]:
@@ -331,7 +359,7 @@ class CudaRunner:
             if built is not None:
                 return built
         limit = TRITON_MAX_BATCH_COMPILED if self.compile_decoder else TRITON_MAX_BATCH
-        step = self.triton_decoder
+        step = self.triton_decoder if graphed else None
         if graphed and step is not None and batch <= limit:
 
             def graphed_steps() -> tuple[StepDecoder, GraphedStepDecoder]:
