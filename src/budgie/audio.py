@@ -18,6 +18,9 @@ Decisions a user may need to know:
   samples present and a ``UserWarning``; a WAV cut inside its header is an error.
 - A valid file with zero samples gives an empty array (the pipeline makes it an empty transcript).
 - NaN/Inf samples become 0 with one ``UserWarning`` per input saying how many.
+- A plain WAV already in the model's format (mono, 16-bit PCM, 16 kHz, nothing after its data)
+  is mapped into memory rather than decoded: ``load_samples`` returns a read-only int16 view of
+  the file (cutting such a file short while it is being transcribed is not supported).
 """
 
 from __future__ import annotations
