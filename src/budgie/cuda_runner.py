@@ -222,8 +222,10 @@ class CudaRunner:
         self.compile_decoder = compile_decoder
         self.compile_encoder = compile_encoder
         # The Triton decoder classes, looked up when a shape's graphs are first due: importing
-        # Triton took 0.3-0.6 s on the device hosts, and a process's first transcript runs
-        # eagerly without it (set them to None or another class to choose).
+        # Triton took 0.3-0.6 s on the device hosts (`python3 -c "import torch, time;
+        # t = time.perf_counter(); import triton; print(time.perf_counter() - t)"`), and a
+        # process's first transcript runs eagerly without it (set them to None or another
+        # class to choose).
         self._triton_decoder: type[StepDecoder] | object | None = _UNRESOLVED
         self._loop_decoder: type[StepDecoder] | object | None = _UNRESOLVED
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
