@@ -150,3 +150,40 @@ def test_look_ahead_gives_the_synced_transcripts(synth_models: SynthModels, dtyp
     want = passes(look_ahead=False)
     assert all(None not in ids for ids in want) and sum(len(i or []) for i in want[2]) > 0
     assert passes(look_ahead=True) == want
+
+
+@pytest.mark.parametrize("longest_first", [True, False])
+def test_windowed_loader_batches(monkeypatch: pytest.MonkeyPatch, longest_first: bool) -> None:
+    """Batches come out window by window, sorted by length inside a window (longest first by
+    default), each input once; failures go to the callback with their index; a pool gets one
+    task per worker per window."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from budgie.batching import Loaded, WindowedLoader
+
+    monkeypatch.setattr(batching, "LONGEST_FIRST", longest_first)
+    sizes = [(i * 37) % 101 + 1 for i in range(150)]
+    inputs = [np.zeros(n, dtype=np.float32) for n in sizes]
+    tasks: list[int] = []
+
+    def load_many(items: list[tuple[int, np.ndarray]]) -> list[Loaded | TranscriptionError]:
+        tasks.append(len(items))
+        return [
+            TranscriptionError(f"#{i}", "bad") if i % 10 == 3 else Loaded(i, f"#{i}", x, 0.0)
+            for i, x in items
+        ]
+
+    failed: list[int] = []
+    with ThreadPoolExecutor(4) as pool:
+        loader = WindowedLoader(inputs, 8, load_many, pool, 4)
+        batches = list(loader.batches(lambda error, index: failed.append(index)))
+    assert sorted(failed) == [i for i in range(150) if i % 10 == 3]
+    seen = [item.index for batch in batches for item in batch]
+    assert sorted(seen) == [i for i in range(150) if i % 10 != 3]
+    assert all(len(batch) <= 8 for batch in batches)
+    lengths = [len(item.samples) for batch in batches for item in batch]
+    assert lengths == sorted(lengths, reverse=longest_first)  # windows follow input_order
+    first = loader.windows[0]
+    assert len(first) == 8  # the first window is one batch
+    assert [item.index for item in batches[0]] == [i for i in first if i % 10 != 3]
+    assert len(tasks) == 4 * len(loader.windows)  # one task per worker and window
