@@ -505,3 +505,19 @@ def test_plain_pcm16_layout_parsing() -> None:
     assert _plain_pcm16_wav(wav(header(), unknown)) is None
     assert _plain_pcm16_wav(wav(data, header())) is None  # data before fmt: not plain
     assert _plain_pcm16_wav(b"RIFX" + wav(header(), data)[4:]) is None
+
+
+def test_a_file_system_without_mapping_falls_back_to_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from budgie import audio
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(19, "No such device")
+
+    pcm = _pcm16(8000, seed=2)
+    path = tmp_path / "plain.wav"
+    sf.write(path, pcm, SAMPLE_RATE, subtype="PCM_16")
+    monkeypatch.setattr(audio.mmap, "mmap", refuse)
+    got = _no_warnings(load_samples, path)
+    assert np.array_equal(got, pcm) and got.flags.writeable
