@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
 from gpu_compare import phase_means  # noqa: E402
-from gpu_micro import gpu_record, synth_v2_clips  # noqa: E402
+from gpu_micro import gpu_record, synth_v2_clips, time_calls  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
 from budgie.cuda_runner import CudaRunner  # noqa: E402
@@ -58,16 +58,8 @@ def wrap_replay() -> None:
 
 def wrap_host(owner: Any, name: str) -> None:
     """Host time of every call of ``owner.name`` (nothing is synchronized)."""
-    original = getattr(owner, name)
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            note(f"{owner.__name__}.{name}_host_us", (time.perf_counter() - t0) * 1e6)
-
-    setattr(owner, name, timed)
+    key = f"{owner.__name__}.{name}_host_us"
+    time_calls(owner, name, lambda t0, t1: note(key, (t1 - t0) * 1e6))
 
 
 # The calls of a B=1 transcript whose host time the "host" pass records.

@@ -1,6 +1,7 @@
 """What the GPU benchmarks share: timing a call inside a CUDA graph (as the encoder's graphs
 run it: no launch costs), the record's header, one conformer layer as the fused runner holds
-it, and the synthetic full-size checkpoint with its clips for the scripts that need no NeMo."""
+it, the synthetic full-size checkpoint with its clips for the scripts that need no NeMo, host
+timers wrapped around a method, and Triton decoders kept in float32."""
 
 from __future__ import annotations
 
@@ -73,3 +74,33 @@ def synth_v2_clips(count: int) -> tuple[Path, list[str]]:
     checkpoint = work / "v2.nemo"
     synth_nemo(checkpoint, "parakeet-tdt-0.6b-v2", seed=0)
     return checkpoint, [str(p) for p in write_clips(default_clips(count), work / "clips")]
+
+
+def time_calls(owner: Any, name: str, record: Callable[[float, float], None]) -> Callable[[], None]:
+    """Wrap ``owner.name`` so every call reports its host start and end (perf_counter seconds)
+    to ``record``; nothing is synchronized. Returns the function that undoes the wrapping."""
+    original = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            record(t0, time.perf_counter())
+
+    setattr(owner, name, timed)
+    return lambda: setattr(owner, name, original)
+
+
+def float32_weights(machine: Any) -> Any:
+    """A Triton decoder class (step or loop) that keeps float32 weights whatever the model's
+    dtype (they are bf16/fp16 in a 16-bit model: ``network_options``)."""
+
+    class Float32Weights(machine):  # type: ignore[misc,valid-type]
+        @classmethod
+        def network_options(cls, network: Any) -> dict[str, Any]:
+            options = dict(super().network_options(network))
+            options.pop("weight_dtype", None)
+            return options
+
+    return Float32Weights

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from gpu_compare import agreement, phase_means  # noqa: E402
-from gpu_micro import gpu_record  # noqa: E402
+from gpu_micro import float32_weights, gpu_record  # noqa: E402
 
 from budgie.api import load_model  # noqa: E402
 from budgie.bench.audioset import default_clips, write_clips  # noqa: E402
@@ -38,20 +38,6 @@ SETTINGS: dict[str, tuple[str, bool]] = {
     "fp16": ("fp16", False),
     "fp16_fp32_decoder": ("fp16", True),
 }
-
-
-def float32_weights(machine: Any) -> Any:
-    """A Triton decoder class (step or loop) that keeps float32 weights whatever the model's
-    dtype (they are bf16/fp16 in a 16-bit model: ``network_options``)."""
-
-    class Float32Weights(machine):  # type: ignore[misc,valid-type]
-        @classmethod
-        def network_options(cls, network: Any) -> dict[str, Any]:
-            options = dict(super().network_options(network))
-            options.pop("weight_dtype", None)
-            return options
-
-    return Float32Weights
 
 
 def transcribe_all(checkpoint: Path, clips: list[str], dtype: str, fp32_decoder: bool) -> Any:

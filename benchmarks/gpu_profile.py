@@ -164,14 +164,11 @@ def runner(
     if not triton:
         made.triton_decoder = None
     elif fp32_decoder:  # the Triton step with float32 weights whatever the model's dtype
+        from gpu_micro import float32_weights
+
         from budgie.triton_decoding import TritonStepDecoder
 
-        class Float32Weights(TritonStepDecoder):
-            @classmethod
-            def network_options(cls, network: Any) -> dict[str, Any]:
-                return {}
-
-        made.triton_decoder = Float32Weights
+        made.triton_decoder = float32_weights(TritonStepDecoder)
     made.fused_encoder = fused
     made.fused_subsampling = fused_subsampling
     return made

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
-from gpu_micro import gpu_record, synth_v2_clips  # noqa: E402
+from gpu_micro import gpu_record, synth_v2_clips, time_calls  # noqa: E402
 
 from budgie import cuda_runner  # noqa: E402
 from budgie.api import load_model  # noqa: E402
@@ -54,19 +54,11 @@ class Recorder:
         self.gpu.clear()
 
     def wrap_host(self, owner: Any, name: str) -> Callable[[], None]:
-        original = getattr(owner, name)
+        def record(t0: float, t1: float) -> None:
+            with self.lock:
+                self.host.append((threading.current_thread().name, name, t0, t1))
 
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                span = (threading.current_thread().name, name, t0, time.perf_counter())
-                with self.lock:
-                    self.host.append(span)
-
-        setattr(owner, name, timed)
-        return lambda: setattr(owner, name, original)
+        return time_calls(owner, name, record)
 
     def wrap_gpu(self, owner: Any, name: str, label: str) -> Callable[[], None]:
         original = getattr(owner, name)
@@ -171,7 +163,7 @@ def main() -> None:
         recorder.wrap_host(Model, "_end_batch"),
         recorder.wrap_host(Model, "_finish_batch"),
         recorder.wrap_gpu(Model, "_start_batch", "frontend+encoder"),
-        recorder.wrap_gpu(cuda_runner.CudaRunner, "decode_projected", "decode"),
+        recorder.wrap_gpu(cuda_runner.CudaRunner, "decode", "decode"),
     ]
     passes = []
     for number in range(args.passes * len(modes)):  # --ab: the modes alternate pass by pass

@@ -408,20 +408,17 @@ class CudaRunner:
         return out
 
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
-        return self.decode_projected(self.network.joint.project_encoder(encoded.float()), lengths)
-
-    def decode_projected(self, enc_proj: Tensor, lengths: Tensor) -> list[Hypothesis]:
-        """Greedy TDT decoding from the joint's encoder projection [B, T, J]."""
-        batch = bucket_batch(enc_proj.shape[0])
-        frames = -(-enc_proj.shape[1] // DECODER_FRAMES) * DECODER_FRAMES
+        batch = bucket_batch(encoded.shape[0])
+        frames = -(-encoded.shape[1] // DECODER_FRAMES) * DECODER_FRAMES
         key = (batch, frames)
         machine, graphed = self._decoders.get(key, (None, None))
         repeated = self._graph_now("decoder", key)
         if machine is None or (repeated and key not in self._final_decoders):
-            machine, graphed = self._decoder_machine(batch, frames, enc_proj.device, repeated)
+            machine, graphed = self._decoder_machine(batch, frames, encoded.device, repeated)
             self._decoders[key] = (machine, graphed)
             if repeated:
                 self._final_decoders.add(key)
+        enc_proj = self.network.joint.project_encoder(encoded.float())
         if machine.runs_to_end:  # launched before the lengths come to the host: no idle wait
             host_lengths = self._queue_to_host(lengths)
             hyps = decode_with_steps(machine, enc_proj, lengths, graphed)
