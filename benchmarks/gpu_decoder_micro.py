@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=140.0, help="start no variant after this")
     parser.add_argument("--no-sweep", action="store_true", help="skip the Triton tiling sweep")
     parser.add_argument("--only", nargs="*", help="variants whose names start with these")
+    parser.add_argument("--batches", type=int, nargs="*", help="only these batch sizes")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs CUDA")
@@ -237,7 +238,8 @@ def main() -> None:
             for b in (8, 16, 32, 64):
                 plan.append((f"{name}_bf16", b, triton_machine(b, config, bf16), "graph"))
     if LoopDecoder is not None:  # the one-launch decoder, its default and a sweep
-        loops: dict[str, Any] = {"loop": LoopConfig()}
+        # loop_per_layer: a phase per LSTM layer, as before the label table (LoopConfig.table)
+        loops: dict[str, Any] = {"loop": LoopConfig(), "loop_per_layer": LoopConfig(table=False)}
         if not args.no_sweep:
             loops |= {
                 "loop_ahead2": LoopConfig(window=2),
@@ -251,6 +253,9 @@ def main() -> None:
                 "loop_bh4_tile8k": LoopConfig(block_h=4, tile=8192),
                 "loop_w4_tile4k": LoopConfig(num_warps=4, tile=4096),
                 "loop_bh1": LoopConfig(block_h=1),
+                "loop_bj16": LoopConfig(block_j=16),
+                "loop_bj16_tile8k": LoopConfig(block_j=16, tile=8192),
+                "loop_per_layer_tile8k": LoopConfig(tile=8192, table=False),
             }
         for name, config in loops.items():
             for b in [b for b in BATCHES if b <= LOOP_MAX_BATCH]:
@@ -288,6 +293,8 @@ def main() -> None:
                 plan.append((f"triton_large_{name}_bf16", b, make, "graph"))
     if args.only:
         plan = [p for p in plan if any(p[0].startswith(o) for o in args.only)]
+    if args.batches:
+        plan = [p for p in plan if p[1] in args.batches]
 
     reference: dict[tuple[int, str, bool], tuple[str, Any]] = {}  # per batch, regime, bf16
     for name, b, make, mode in plan:
