@@ -238,8 +238,7 @@ def main() -> None:
             for b in (8, 16, 32, 64):
                 plan.append((f"{name}_bf16", b, triton_machine(b, config, bf16), "graph"))
     if LoopDecoder is not None:  # the one-launch decoder, its default and a sweep
-        # loop_per_layer: a phase per LSTM layer, as before the label table (LoopConfig.table)
-        loops: dict[str, Any] = {"loop": LoopConfig(), "loop_per_layer": LoopConfig(table=False)}
+        loops: dict[str, Any] = {"loop": LoopConfig()}
         if not args.no_sweep:
             loops |= {
                 "loop_ahead2": LoopConfig(window=2),
@@ -253,9 +252,6 @@ def main() -> None:
                 "loop_bh4_tile8k": LoopConfig(block_h=4, tile=8192),
                 "loop_w4_tile4k": LoopConfig(num_warps=4, tile=4096),
                 "loop_bh1": LoopConfig(block_h=1),
-                "loop_bj16": LoopConfig(block_j=16),
-                "loop_bj16_tile8k": LoopConfig(block_j=16, tile=8192),
-                "loop_per_layer_tile8k": LoopConfig(tile=8192, table=False),
             }
         for name, config in loops.items():
             for b in [b for b in BATCHES if b <= LOOP_MAX_BATCH]:

@@ -2,11 +2,10 @@
 
 Runs where Triton can run: on CUDA (many programs meeting at grid barriers), or on the CPU with
 TRITON_INTERPRET=1 (one program: the interpreter runs programs one after another). Elsewhere the
-module is skipped. Its tokens, frames, durations and step counts must equal the torch
-StepDecoder's and TritonStepDecoder's (sums in another order can only matter at a float32
-argmax near-tie, which these inputs do not have); the prediction after the last emission, which
-every LSTM layer's state feeds, must agree to float32 rounding. Both ways of running the LSTM
-are tested: layer 0 from the label table (the default) and a phase per layer.
+module is skipped. The loop kernel uses the step kernels' tiles, so with the same tiling its
+tokens, frames, durations and step counts must equal TritonStepDecoder's exactly, and the torch
+StepDecoder's (a float32 near-tie aside, which these inputs do not have); the prediction after
+the last emission, which every LSTM layer's state feeds, must agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -38,12 +37,9 @@ BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9],
 
 
 # LoopConfigs tested: the default; narrow tiles (on the GPU more tiles than programs, so each
-# program walks several); look-ahead windows of 2 and 4 frames (blanks walked within them); a
-# phase per LSTM layer instead of the label table.
+# program walks several); look-ahead windows of 2 and 4 frames (blanks walked within them).
 CONFIGS = {
     "default": LoopConfig(),
-    "per_layer": LoopConfig(table=False),
-    "narrow_per_layer": LoopConfig(block_n=4, block_h=2, block_j=2, table=False),
     "narrow": LoopConfig(block_n=4, block_h=2, block_j=2),
     "window2": LoopConfig(window=2),
     "window4": LoopConfig(window=4),
@@ -118,19 +114,15 @@ def other_depth(net: ParakeetTDT, layers: int) -> tuple[Decoder, ParakeetTDT]:
     return Decoder(cfg).to(device), net
 
 
-@pytest.mark.parametrize("table", [True, False], ids=["table", "per_layer"])
 @pytest.mark.parametrize("layers", [1, 3])
 @pytest.mark.parametrize("device", DEVICES)
-def test_loop_decodes_other_depths(
-    synth_models: SynthModels, device: str, layers: int, table: bool
-) -> None:
-    """One LSTM layer (with the table: no layer 1 in the first phase) and three (a layer whose
-    input comes from memory): the torch machine's hypotheses."""
+def test_loop_decodes_other_depths(synth_models: SynthModels, device: str, layers: int) -> None:
+    """One LSTM layer (its own phase before the projection) and three (a layer whose input
+    comes from memory): the torch machine's hypotheses."""
     decoder, net = other_depth(network(synth_models, device), layers)
     dev = torch.device(device)
     args = (decoder, net.joint, 4, 20, net.cfg.decoding.durations, MAX_SYMBOLS, dev)
-    ref = StepDecoder(*args)
-    loop = LoopDecoder(*args, LoopConfig(table=table))
+    ref, loop = StepDecoder(*args), LoopDecoder(*args)
     emitted = 0
     for lengths, scale, seed in BATCHES:
         enc, lens = random_enc_proj(net, lengths, max(lengths), scale, seed, device)

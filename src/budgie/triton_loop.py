@@ -31,7 +31,6 @@ there (tests on the CPU) the grid is a single program.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -43,13 +42,10 @@ from budgie.triton_decoding import TritonConfig, TritonStepDecoder
 from budgie.triton_tiles import (
     _advance,
     _argmax_rows,
-    _cell_update,
     _duration,
-    _gate_products,
     _joint_tile,
     _lstm_tile,
     _project_tile,
-    _tanh,
 )
 
 # Rows of a batch the loop kernel decodes: every program holds all rows' state in registers.
@@ -72,11 +68,6 @@ class LoopConfig(TritonConfig):
     # benchmarks/results/gpu_decoder_micro_h100_2026-11-24_lookahead.json,
     # gpu_decode_context_h100_2026-11-24_lookahead.json), so off by default.
     window: int = 1
-    # Layer 0's input products per label from a table (W_ih0 @ embedding, made once) and its
-    # recurrent products made in the projection phase after an emission: an emitting step then
-    # needs one phase for the first two LSTM layers instead of one each (see the module doc).
-    # False: the phase per layer, kept to measure the difference.
-    table: bool = True
     # Defaults: the fastest on an H100 (one joint tile of 8 outputs and one projection tile per
     # program, 8 hidden units per LSTM tile, a whole LSTM row per tile up to 2 rows: speech-like
     # 8.5-9.1 us per step at batch 1 in bf16 vs 14.8 for the graphed step kernels, 11.1 at 2,
@@ -116,116 +107,16 @@ def _start_rows(dst_ptr, src_ptr, n, rows, row_ok, pid, P, BB: tl.constexpr, BC:
         )
 
 
-@triton.jit
-def _table_cell(table_ptr, labels, hh_ptr, c_ptr, rows, m, ks, H):
-    """Layer 0's new (h, c, old c) at units ``ks`` of the rows in mask ``m``: its gate sums are
-    the label's row of the table (W_ih0 @ embedding, one row per label) plus hh (W_hh0 @ h0 +
-    b0, made in the projection phase after the last emission), so no product is left here."""
-    four = 4 * H
-    t_at = table_ptr + labels.to(tl.int64)[:, None] * four + ks[None, :]
-    s_at = hh_ptr + rows[:, None] * four + ks[None, :]
-    i = tl.load(t_at, mask=m, other=0.0) + tl.load(s_at, mask=m, other=0.0, cache_modifier=".cg")
-    f = tl.load(t_at + H, mask=m, other=0.0)
-    f += tl.load(s_at + H, mask=m, other=0.0, cache_modifier=".cg")
-    g = tl.load(t_at + 2 * H, mask=m, other=0.0)
-    g += tl.load(s_at + 2 * H, mask=m, other=0.0, cache_modifier=".cg")
-    o = tl.load(t_at + 3 * H, mask=m, other=0.0)
-    o += tl.load(s_at + 3 * H, mask=m, other=0.0, cache_modifier=".cg")
-    at = c_ptr + rows[:, None] * H + ks[None, :]
-    c_old = tl.load(at, mask=m, other=0.0, cache_modifier=".cg")
-    c = tl.sigmoid(f) * c_old + tl.sigmoid(i) * _tanh(g)
-    return tl.sigmoid(o) * _tanh(c), c, c_old
-
-
-@triton.jit
-def _table_layer_tile(
-    table_ptr, labels, hh_ptr, h_ptr, c_ptr, h_out_ptr, c_out_ptr, rows, row_ok, emit, hs, H
-):
-    """Layer 0's new state at units ``hs`` into the other buffer (old state for the rows that
-    did not emit)."""
-    m = row_ok[:, None] & (hs < H)[None, :]
-    h, c, c_old = _table_cell(table_ptr, labels, hh_ptr, c_ptr, rows, m, hs, H)
-    state = rows[:, None] * H + hs[None, :]
-    h_old = tl.load(h_ptr + state, mask=m, other=0.0, cache_modifier=".cg")
-    tl.store(c_out_ptr + state, tl.where(emit[:, None], c, c_old), mask=m)
-    tl.store(h_out_ptr + state, tl.where(emit[:, None], h, h_old), mask=m)
-
-
-@triton.jit
-def _second_layer_tile(
-    table_ptr, labels, hh_ptr, c0_ptr, h_ptr, c_ptr, w_ptr, b_ptr, h_out_ptr, c_out_ptr,
-    rows, row_ok, emit, hs, H, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
-):  # fmt: skip
-    """Layer 1's cell at units ``hs``. Its input, layer 0's new h, is not read from memory but
-    computed here from the table (a few loads per unit), so layer 0 needs no phase of its own."""
-    h_ok = hs < H
-    acc_i = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_f = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_g = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_o = tl.zeros([BB, BH], dtype=tl.float32)
-    for k0 in range(0, 2 * H, BK):  # input [h0 new, h1 old] against the packed [w_ih, w_hh]
-        ks = k0 + tl.arange(0, BK)
-        in_x = emit[:, None] & (ks < H)[None, :]
-        in_h = emit[:, None] & ((ks >= H) & (ks < 2 * H))[None, :]
-        x, _, _ = _table_cell(table_ptr, labels, hh_ptr, c0_ptr, rows, in_x, ks, H)
-        v = tl.where(in_x, x, 0.0)
-        h_at = h_ptr + rows[:, None] * H + (ks - H)[None, :]
-        v += tl.load(h_at, mask=in_h, other=0.0, cache_modifier=".cg")
-        w_mask = h_ok[:, None] & (ks < 2 * H)[None, :]
-        w_rows = w_ptr + hs[:, None] * (2 * H) + ks[None, :]
-        acc_i, acc_f, acc_g, acc_o = _gate_products(
-            v, w_rows, w_mask, 2 * H * H, acc_i, acc_f, acc_g, acc_o
-        )
-    _cell_update(
-        acc_i, acc_f, acc_g, acc_o, b_ptr, h_ptr, c_ptr, h_out_ptr, c_out_ptr, rows, row_ok,
-        emit, hs, H, True,
-    )  # fmt: skip
-
-
-@triton.jit
-def _hh_tile(
-    h_ptr, w_ptr, b_ptr, hh_ptr, rows, emit, hs, H,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
-):  # fmt: skip
-    """hh = W_hh0 @ h0 + b0 at units ``hs`` (x4 gates) of the emitting rows: layer 0's share of
-    the next emission's gate sums, made in a phase that has little else to do."""
-    h_ok = hs < H
-    acc_i = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_f = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_g = tl.zeros([BB, BH], dtype=tl.float32)
-    acc_o = tl.zeros([BB, BH], dtype=tl.float32)
-    for k0 in range(0, H, BK):
-        ks = k0 + tl.arange(0, BK)
-        k_ok = ks < H
-        at = h_ptr + rows[:, None] * H + ks[None, :]
-        v = tl.load(at, mask=emit[:, None] & k_ok[None, :], other=0.0, cache_modifier=".cg")
-        w_rows = w_ptr + hs[:, None] * (2 * H) + H + ks[None, :]  # the w_hh half
-        acc_i, acc_f, acc_g, acc_o = _gate_products(
-            v, w_rows, h_ok[:, None] & k_ok[None, :], 2 * H * H, acc_i, acc_f, acc_g, acc_o
-        )
-    m = emit[:, None] & h_ok[None, :]
-    out = hh_ptr + rows[:, None] * (4 * H) + hs[None, :]
-    tl.store(out, acc_i + tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :], mask=m)
-    tl.store(out + H, acc_f + tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :], mask=m)
-    tl.store(
-        out + 2 * H, acc_g + tl.load(b_ptr + 2 * H + hs, mask=h_ok, other=0.0)[None, :], mask=m
-    )
-    tl.store(
-        out + 3 * H, acc_o + tl.load(b_ptr + 3 * H + hs, mask=h_ok, other=0.0)[None, :], mask=m
-    )
-
-
 @triton.jit(do_not_specialize=["B", "T"])  # one compiled kernel for every batch and length
 def _decode_loop_kernel(
     enc_ptr, len_ptr, start_pred_ptr, start_h_ptr, start_c_ptr,
     w_out_ptr, b_out_ptr, w_pred_ptr, b_pred_ptr, embed_ptr, w_lstm_ptr, b_lstm_ptr, dur_ptr,
     logits_ptr, pred_ptr, h_ptr, c_ptr, out_ptr, count_ptr, steps_ptr, time_ptr, counter_ptr,
-    table_ptr, hh_ptr, start_hh_ptr,
     B, T, J, H, N, NL, ND, L, BLANK, CAP, MAX_SYMBOLS,
     BB: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr,
-    BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr, BK_HH: tl.constexpr,
+    BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
-    W: tl.constexpr, TABLE: tl.constexpr,
+    W: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     P = tl.num_programs(0)
@@ -238,8 +129,6 @@ def _decode_loop_kernel(
         at = layer * layer_size
         _start_rows(h_ptr + at, start_h_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
         _start_rows(c_ptr + at, start_c_ptr + layer * H, H, rows, row_ok, pid, P, BB, BC)
-    if TABLE:
-        _start_rows(hh_ptr, start_hh_ptr, 4 * H, rows, row_ok, pid, P, BB, BC)
     passed = 1
     _grid_sync(counter_ptr, passed, P)
 
@@ -301,84 +190,34 @@ def _decode_loop_kernel(
 
         if tl.max(emit.to(tl.int32), axis=0) > 0:
             new = 1 - old
-            if TABLE:
-                h_old, c_old = h_ptr + old * L * layer_size, c_ptr + old * L * layer_size
-                h_new, c_new = h_ptr + new * L * layer_size, c_ptr + new * L * layer_size
-                # Layer 0 from the table (stored for the next steps), layer 1 from it directly;
-                # the last programs store layer 0, the first ones compute layer 1's tiles.
-                for tile in range(P - 1 - pid, tl.cdiv(H, BH), P):
-                    hs = tile * BH + tl.arange(0, BH)
-                    _table_layer_tile(
-                        table_ptr, label, hh_ptr, h_old, c_old, h_new, c_new, rows, row_ok, emit,
-                        hs, H,
-                    )  # fmt: skip
-                if L > 1:
-                    for tile in range(pid, tl.cdiv(H, BH), P):
-                        hs = tile * BH + tl.arange(0, BH)
-                        _second_layer_tile(
-                            table_ptr, label, hh_ptr, c_old, h_old + layer_size, c_old + layer_size,
-                            w_lstm_ptr + 8 * H * H, b_lstm_ptr + 4 * H, h_new + layer_size,
-                            c_new + layer_size, rows, row_ok, emit, hs, H, BB, BH, BK_LSTM,
-                        )  # fmt: skip
-                passed += 1
-                _grid_sync(counter_ptr, passed, P)
-                for layer in range(2, L):  # deeper layers: one phase each, input from memory
-                    state = layer * layer_size
-                    for tile in range(pid, tl.cdiv(H, BH), P):
-                        hs = tile * BH + tl.arange(0, BH)
-                        w_at, b_at = w_lstm_ptr + layer * 8 * H * H, b_lstm_ptr + layer * 4 * H
-                        _lstm_tile(
-                            h_new + state - layer_size, rows.to(tl.int64) * H, h_old + state,
-                            c_old + state, w_at, b_at, h_new + state, c_new + state, rows, row_ok,
-                            emit, hs, H, True, BB, BH, BK_LSTM,
-                        )  # fmt: skip
-                    passed += 1
-                    _grid_sync(counter_ptr, passed, P)
-                # Layer 0's hh for the next emission (the first programs) and the prediction
-                # projection (the last ones).
+            for layer in range(L):
+                state = layer * layer_size
+                if layer == 0:  # input: the label's embedding row
+                    x_base = embed_ptr
+                    x_rows = label.to(tl.int64) * H
+                else:  # input: the layer below's new h
+                    x_base = h_ptr + (new * L + layer - 1) * layer_size
+                    x_rows = rows.to(tl.int64) * H
                 for tile in range(pid, tl.cdiv(H, BH), P):
                     hs = tile * BH + tl.arange(0, BH)
-                    _hh_tile(
-                        h_new, w_lstm_ptr, b_lstm_ptr, hh_ptr, rows, emit, hs, H, BB, BH, BK_HH
-                    )
-                top = h_new + (L - 1) * layer_size
-                for tile in range(P - 1 - pid, tl.cdiv(J, BJ), P):
-                    js = tile * BJ + tl.arange(0, BJ)
-                    _project_tile(
-                        w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ,
-                        BK_PROJ,
+                    _lstm_tile(
+                        x_base, x_rows, h_ptr + old * L * layer_size + state,
+                        c_ptr + old * L * layer_size + state,
+                        w_lstm_ptr + layer * 8 * H * H, b_lstm_ptr + layer * 4 * H,
+                        h_ptr + new * L * layer_size + state,
+                        c_ptr + new * L * layer_size + state,
+                        rows, row_ok, emit, hs, H, True, BB, BH, BK_LSTM,
                     )  # fmt: skip
                 passed += 1
                 _grid_sync(counter_ptr, passed, P)
-            else:
-                for layer in range(L):
-                    state = layer * layer_size
-                    if layer == 0:  # input: the label's embedding row
-                        x_base = embed_ptr
-                        x_rows = label.to(tl.int64) * H
-                    else:  # input: the layer below's new h
-                        x_base = h_ptr + (new * L + layer - 1) * layer_size
-                        x_rows = rows.to(tl.int64) * H
-                    for tile in range(pid, tl.cdiv(H, BH), P):
-                        hs = tile * BH + tl.arange(0, BH)
-                        _lstm_tile(
-                            x_base, x_rows, h_ptr + old * L * layer_size + state,
-                            c_ptr + old * L * layer_size + state,
-                            w_lstm_ptr + layer * 8 * H * H, b_lstm_ptr + layer * 4 * H,
-                            h_ptr + new * L * layer_size + state,
-                            c_ptr + new * L * layer_size + state,
-                            rows, row_ok, emit, hs, H, True, BB, BH, BK_LSTM,
-                        )  # fmt: skip
-                    passed += 1
-                    _grid_sync(counter_ptr, passed, P)
-                top = h_ptr + (new * L + L - 1) * layer_size
-                for tile in range(pid, tl.cdiv(J, BJ), P):
-                    js = tile * BJ + tl.arange(0, BJ)
-                    _project_tile(
-                        w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK_PROJ
-                    )
-                passed += 1
-                _grid_sync(counter_ptr, passed, P)
+            top = h_ptr + (new * L + L - 1) * layer_size
+            for tile in range(pid, tl.cdiv(J, BJ), P):
+                js = tile * BJ + tl.arange(0, BJ)
+                _project_tile(
+                    w_pred_ptr, b_pred_ptr, top, pred_ptr, rows, emit, js, H, J, BB, BJ, BK_PROJ
+                )
+            passed += 1
+            _grid_sync(counter_ptr, passed, P)
             old = new
         active = row_ok & (time < frames)
 
@@ -386,24 +225,6 @@ def _decode_loop_kernel(
         tl.store(count_ptr + rows, count, mask=row_ok)
         tl.store(steps_ptr + rows, steps, mask=row_ok)
         tl.store(time_ptr + rows, time, mask=row_ok)
-
-
-# Label tables per prediction network and weight dtype, shared by its machines (one per
-# shape bucket): 1025 labels x 4 x 640 float32 values are 10.5 MB.
-_TABLES: weakref.WeakKeyDictionary[Decoder, dict[tuple[torch.dtype, torch.device], torch.Tensor]]
-_TABLES = weakref.WeakKeyDictionary()
-
-
-@torch.inference_mode()
-def _label_table(decoder: Decoder, embed: torch.Tensor, w_ih0: torch.Tensor) -> torch.Tensor:
-    """W_ih0 @ embedding for every label, [labels, 4H] float32, from the weights as the kernel
-    reads them (``w_ih0`` in its dtype), summed in float64 so that the table adds no rounding
-    of its own beyond the final float32."""
-    tables = _TABLES.setdefault(decoder, {})
-    key = (w_ih0.dtype, w_ih0.device)
-    if key not in tables:
-        tables[key] = (embed.double() @ w_ih0.double().T).float().contiguous()
-    return tables[key]
 
 
 def resident_programs(device: torch.device) -> int:
@@ -463,10 +284,6 @@ class LoopDecoder(TritonStepDecoder):
         if device.type != "cuda":
             self.programs = 1  # the interpreter runs programs one by one
         self.counter = torch.zeros(1, dtype=torch.int32, device=device)  # barrier arrivals
-        self.table = _label_table(decoder, self.embed, self.w_lstm_all[0, :, :hidden])
-        w_hh0, b0 = self.w_lstm_all[0, :, hidden:].double(), self.b_lstm_all[0].double()
-        self.start_hh = (self.start_h[0].double() @ w_hh0.T + b0).float().contiguous()
-        self.hh = torch.zeros(batch, 4 * hidden, device=device)  # W_hh0 @ h0 + b0 per row
 
     @torch.inference_mode()
     def reset(self, enc_proj: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -507,18 +324,15 @@ class LoopDecoder(TritonStepDecoder):
             self.w_lstm_all, self.b_lstm_all, self.durations,
             self.window_logits, self.pred_proj, self.h_pair, self.c_pair,
             self.out, self.count, self.steps, self.time, self.counter,
-            self.table, self.hh, self.start_hh,
             b, t, hidden, pred_hidden, outputs, labels, outputs - labels, layers,
             self.blank, self.capacity, self.max_symbols,
             BB=bb, BN=cfg.block_n, BH=cfg.block_h, BJ=cfg.block_j,
             BK_JOINT=cfg.block_k(bb * cfg.window, cfg.block_n, hidden),
             BK_LSTM=cfg.block_k(bb, cfg.block_h, 2 * pred_hidden),
             BK_PROJ=cfg.block_k(bb, cfg.block_j, pred_hidden),
-            BK_HH=cfg.block_k(bb, cfg.block_h, pred_hidden),
             BL=min(triton.next_power_of_2(labels), max(16, 8192 // bb)),
             BD=triton.next_power_of_2(outputs - labels),
             BC=max(16, 1024 // bb),
             W=cfg.window,
-            TABLE=cfg.table,
             num_warps=cfg.num_warps,
         )  # fmt: skip

@@ -88,60 +88,15 @@ def _argmax_rows(ptr, rows, row_ok, stride, n, BB: tl.constexpr, BL: tl.constexp
 
 
 @triton.jit
-def _gate_products(v, w_rows, w_mask, gate, acc_i, acc_f, acc_g, acc_o):
-    """The four gates' sums plus v @ W^T on CUDA cores: ``w_rows`` points at the input gate's
-    [BH, BK] weight tile, each further gate ``gate`` elements on."""
-    w = tl.load(w_rows, mask=w_mask, other=0.0).to(tl.float32)
-    acc_i += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-    w = tl.load(w_rows + gate, mask=w_mask, other=0.0).to(tl.float32)
-    acc_f += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-    w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0).to(tl.float32)
-    acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-    w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0).to(tl.float32)
-    acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-    return acc_i, acc_f, acc_g, acc_o
-
-
-@triton.jit
-def _cell_update(
-    acc_i, acc_f, acc_g, acc_o, b_ptr, h_ptr, c_ptr, h_out_ptr, c_out_ptr, rows, row_ok, emit,
-    hs, H, KEEP: tl.constexpr,
-):  # fmt: skip
-    """The LSTM cell from the gate sums (bias added here) and the old state: new h, c of the
-    emitting rows written to h_out/c_out; with KEEP the other valid rows get their old h, c
-    there (the loop kernel's state buffers alternate). State read past L1."""
-    h_ok = hs < H
-    i = tl.sigmoid(acc_i + tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :])
-    f = tl.sigmoid(acc_f + tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :])
-    g = _tanh(acc_g + tl.load(b_ptr + 2 * H + hs, mask=h_ok, other=0.0)[None, :])
-    o = tl.sigmoid(acc_o + tl.load(b_ptr + 3 * H + hs, mask=h_ok, other=0.0)[None, :])
-    state = rows[:, None] * H + hs[None, :]
-    m = emit[:, None] & h_ok[None, :]
-    c_old = tl.load(
-        c_ptr + state, mask=row_ok[:, None] & h_ok[None, :], other=0.0, cache_modifier=".cg"
-    )
-    c = f * c_old + i * g
-    h = o * _tanh(c)
-    if KEEP:
-        h_old = tl.load(
-            h_ptr + state, mask=row_ok[:, None] & h_ok[None, :], other=0.0, cache_modifier=".cg"
-        )
-        c = tl.where(emit[:, None], c, c_old)
-        h = tl.where(emit[:, None], h, h_old)
-        m = row_ok[:, None] & h_ok[None, :]
-    tl.store(c_out_ptr + state, c, mask=m)
-    tl.store(h_out_ptr + state, h, mask=m)
-
-
-@triton.jit
 def _lstm_tile(
     x_base, x_rows, h_ptr, c_ptr, w_ptr, b_ptr, h_out_ptr, c_out_ptr, rows, row_ok, emit, hs, H,
     KEEP: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
     DOT: tl.constexpr = False,
 ):  # fmt: skip
     """The LSTM cell for hidden units ``hs`` of the emitting rows: new h, c from the input rows
-    (x_base + x_rows) and the old state, written to h_out/c_out (KEEP: see _cell_update). State
-    and the input are read past L1 (other programs of the loop kernel wrote them)."""
+    (x_base + x_rows) and the old state, written to h_out/c_out. With KEEP the other valid rows
+    get their old h, c there (the loop kernel's state buffers alternate). State and the input
+    are read past L1 (other programs of the loop kernel wrote them)."""
     h_ok = hs < H
     acc_i = tl.zeros([BB, BH], dtype=tl.float32)
     acc_f = tl.zeros([BB, BH], dtype=tl.float32)
@@ -166,13 +121,34 @@ def _lstm_tile(
         else:
             w_mask = h_ok[:, None] & (ks < 2 * H)[None, :]
             w_rows = w_ptr + hs[:, None] * (2 * H) + ks[None, :]
-            acc_i, acc_f, acc_g, acc_o = _gate_products(
-                v, w_rows, w_mask, gate, acc_i, acc_f, acc_g, acc_o
-            )
-    _cell_update(
-        acc_i, acc_f, acc_g, acc_o, b_ptr, h_ptr, c_ptr, h_out_ptr, c_out_ptr, rows, row_ok,
-        emit, hs, H, KEEP,
-    )  # fmt: skip
+            w = tl.load(w_rows, mask=w_mask, other=0.0).to(tl.float32)
+            acc_i += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+            w = tl.load(w_rows + gate, mask=w_mask, other=0.0).to(tl.float32)
+            acc_f += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+            w = tl.load(w_rows + 2 * gate, mask=w_mask, other=0.0).to(tl.float32)
+            acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+            w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0).to(tl.float32)
+            acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+    i = tl.sigmoid(acc_i + tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :])
+    f = tl.sigmoid(acc_f + tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :])
+    g = _tanh(acc_g + tl.load(b_ptr + 2 * H + hs, mask=h_ok, other=0.0)[None, :])
+    o = tl.sigmoid(acc_o + tl.load(b_ptr + 3 * H + hs, mask=h_ok, other=0.0)[None, :])
+    state = rows[:, None] * H + hs[None, :]
+    m = emit[:, None] & h_ok[None, :]
+    c_old = tl.load(
+        c_ptr + state, mask=row_ok[:, None] & h_ok[None, :], other=0.0, cache_modifier=".cg"
+    )
+    c = f * c_old + i * g
+    h = o * _tanh(c)
+    if KEEP:
+        h_old = tl.load(
+            h_ptr + state, mask=row_ok[:, None] & h_ok[None, :], other=0.0, cache_modifier=".cg"
+        )
+        c = tl.where(emit[:, None], c, c_old)
+        h = tl.where(emit[:, None], h, h_old)
+        m = row_ok[:, None] & h_ok[None, :]
+    tl.store(c_out_ptr + state, c, mask=m)
+    tl.store(h_out_ptr + state, h, mask=m)
 
 
 @triton.jit
