@@ -5,7 +5,8 @@ pipeline's steps (audio loading per loader task, each batch's start and end, the
 GPU spans from CUDA events recorded around each batch's frontend + encoder (caller's stream)
 and its decode (the stream the decode runs on), mapped onto the host clock through an event
 recorded right after a synchronization. GPU busy = union of the GPU spans; what is left of the
-wall is where the GPU waited for the host.
+wall is where the GPU waited for the host. Each pass also records the garbage collector's
+passes (count and milliseconds per generation).
 
 Run on the device (no NeMo needed):
     python3 benchmarks/gpu_throughput_timeline.py --out $OUT/timeline.json [--batch 64]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import importlib
 import json
 import statistics
@@ -101,11 +103,38 @@ def union_ms(spans: list[tuple[float, float]]) -> float:
     return total * 1e3
 
 
+class Collections:
+    """The garbage collector's passes during a timed pass: generation, count, milliseconds."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.ms: dict[int, list[float]] = {}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        elif self.started is not None:
+            self.ms.setdefault(info["generation"], []).append(
+                (time.perf_counter() - self.started) * 1e3
+            )
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {
+            f"gen{g}": {"count": len(v), "total_ms": round(sum(v), 2), "max_ms": round(max(v), 2)}
+            for g, v in sorted(self.ms.items())
+        }
+
+
 def one_pass(model: Model, files: list[str], batch: int, recorder: Recorder) -> dict[str, Any]:
+    collections = Collections()
+    gc.callbacks.append(collections)
     recorder.start()
     t0 = recorder.origin[0]
-    model.transcribe(files, batch_size=batch)
-    torch.cuda.synchronize()
+    try:
+        model.transcribe(files, batch_size=batch)
+        torch.cuda.synchronize()
+    finally:
+        gc.callbacks.remove(collections)
     wall = time.perf_counter() - t0
     spans = recorder.spans()
     gpu = [(s, e) for where, _, s, e in spans if where.startswith("stream")]
@@ -120,8 +149,19 @@ def one_pass(model: Model, files: list[str], batch: int, recorder: Recorder) -> 
         "gpu_first_start_ms": (first_gpu - t0) * 1e3,
         "text_thread_ms": sum(e - s for w, what, s, e in spans if what == "_finish_batch") * 1e3,
         "load_ms": sum(e - s for w, what, s, e in spans if what == "_load_many") * 1e3,
+        "gc": collections.summary(),
         "spans": rows,
     }
+
+
+class HeapSwitch:
+    """``frozen`` = True freezes the heap (gc.freeze), False unfreezes it (gc.unfreeze)."""
+
+    def __setattr__(self, name: str, frozen: bool) -> None:
+        if frozen:
+            gc.freeze()
+        else:
+            gc.unfreeze()
 
 
 def main() -> None:
@@ -141,6 +181,12 @@ def main() -> None:
         default="True,False",
         help="the two values --ab alternates between (Python literals; default: True,False)",
     )
+    parser.add_argument(
+        "--ab-gc",
+        action="store_true",
+        help="instead of --ab: alternate a frozen heap (gc.freeze, as load_model leaves it) "
+        "with an unfrozen one (gc.unfreeze) pass by pass",
+    )
     args = parser.parse_args()
     out = gpu_record() | {"batch": args.batch}
     checkpoint, clips = synth_v2_clips(20)
@@ -148,8 +194,10 @@ def main() -> None:
     model = load_model(checkpoint, device="cuda", dtype="bf16")
     model.sync_phases = False
     module, flag = (None, "") if args.ab is None else args.ab.split(".")
-    owner = importlib.import_module(f"budgie.{module}") if module else None
+    owner: Any = importlib.import_module(f"budgie.{module}") if module else None
     modes = [ast.literal_eval(v) for v in args.ab_values.split(",")] if owner else [None]
+    if args.ab_gc:
+        owner, flag, args.ab, modes = HeapSwitch(), "frozen", "gc.freeze", [True, False]
     for mode in modes:  # every mode's shapes captured before anything is timed
         if owner is not None:
             setattr(owner, flag, mode)
@@ -177,7 +225,8 @@ def main() -> None:
         print(
             f"{p['flag']} {p['on']}: wall {p['wall_ms']:.1f} ms, GPU busy "
             f"{p['gpu_busy_ms']:.1f}, first GPU work at {p['gpu_first_start_ms']:.1f}, text "
-            f"thread {p['text_thread_ms']:.1f}, loading {p['load_ms']:.1f} (thread sum)",
+            f"thread {p['text_thread_ms']:.1f}, loading {p['load_ms']:.1f} (thread sum), "
+            f"collections {p['gc']}",
             flush=True,
         )
     out["wall_ms_median"] = {}

@@ -10,8 +10,9 @@ transcripts equal the synced path's.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -187,3 +188,50 @@ def test_windowed_loader_batches(monkeypatch: pytest.MonkeyPatch, longest_first:
     assert len(first) == 8  # the first window is one batch
     assert [item.index for item in batches[0]] == [i for i in first if i % 10 != 3]
     assert len(tasks) == 4 * len(loader.windows)  # one task per worker and window
+
+
+class _InstantPool:
+    """A pool that runs each task when it is submitted and logs the submission."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def submit(self, fn: Any, items: list[tuple[int, Any]]) -> Future[Any]:
+        self.events.append(f"submit {min(i for i, _ in items)}")
+        done: Future[Any] = Future()
+        done.set_result(fn(items))
+        return done
+
+
+def test_windowed_loader_loads_the_next_window_after_the_first_batch() -> None:
+    """The next window is submitted only once the consumer is back from a window's first
+    batch (it stages that batch without loader threads beside it), and a window whose inputs
+    all failed still leads to the next one."""
+    from budgie.batching import Loaded, WindowedLoader
+
+    inputs = [np.zeros(1000 - i, dtype=np.float32) for i in range(90)]  # in input order
+    events: list[str] = []
+    broken: set[int] = set()
+
+    def load_many(items: list[tuple[int, np.ndarray]]) -> list[Loaded | TranscriptionError]:
+        return [
+            TranscriptionError(f"#{i}", "bad") if i in broken else Loaded(i, f"#{i}", x, 0.0)
+            for i, x in items
+        ]
+
+    loader = WindowedLoader(inputs, 8, load_many, cast(Any, _InstantPool(events)), 1)
+    assert [len(w) for w in loader.windows] == [8, 64, 18]
+    broken.update(loader.windows[1])
+    failed: list[int] = []
+    for batch in loader.batches(lambda error, index: failed.append(index)):
+        events.append(f"batch {batch[0].index}")
+    assert events == [
+        "submit 0",
+        "batch 0",
+        "submit 8",
+        "submit 72",
+        "batch 72",
+        "batch 80",
+        "batch 88",
+    ]
+    assert sorted(failed) == sorted(loader.windows[1])

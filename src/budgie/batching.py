@@ -34,6 +34,10 @@ MIN_WINDOW = 64
 # Batched inputs go longest first: the run then ends on its shortest batch, whose decode and
 # text are what is left to do once the GPU has finished (False: shortest first, for A/B runs).
 LONGEST_FIRST = True
+# The next window is submitted once the consumer is back from a window's first batch, not
+# before that batch is handed out (``WindowedLoader.batches`` says why; False: before, for A/B
+# runs).
+LOAD_AFTER_FIRST_BATCH = True
 
 Source = TypeVar("Source")
 
@@ -87,8 +91,8 @@ def input_windows(count: int, batch_size: int) -> list[range]:
 
 class WindowedLoader(Generic[Source]):
     """Batches of loaded inputs in ``input_order``: ``load_many`` runs as one task per worker
-    of ``pool`` one window ahead of the batches being handed out (or in the calling thread
-    without a pool)."""
+    of ``pool`` about one window ahead of the batches being handed out (or in the calling
+    thread without a pool)."""
 
     def __init__(
         self,
@@ -105,13 +109,22 @@ class WindowedLoader(Generic[Source]):
 
     def batches(self, failed: Callable[[TranscriptionError, int], None]) -> Iterator[list[Loaded]]:
         """Batches in order (sorted by length within a window when batch_size > 1, as
-        ``input_order`` sorts the windows); each
-        input that failed to load goes to ``failed`` with its index as it is met."""
+        ``input_order`` sorts the windows); each input that failed to load goes to ``failed``
+        with its index as it is met.
+
+        The next window is submitted when the consumer comes back after a window's first
+        batch, not before handing that batch out: the consumer packs a batch's samples while
+        holding the interpreter lock, and eight loader threads beside it made the first
+        batch's packing 21 ms instead of 3 ms on an H100 host, with the GPU not yet started
+        (``benchmarks/gpu_throughput_timeline.py``). A consumer that finishes the first batch
+        before asking for the next (phases synced one by one) then waits once for the second
+        window's loading."""
         pending = self._submit(self.windows[0]) if self.windows else []
         for number, window in enumerate(self.windows):
             current = self._collect(pending)
-            if number + 1 < len(self.windows):  # decode the next window while this one runs
-                pending = self._submit(self.windows[number + 1])
+            upcoming = self.windows[number + 1] if number + 1 < len(self.windows) else None
+            if upcoming is not None and not LOAD_AFTER_FIRST_BATCH:
+                pending, upcoming = self._submit(upcoming), None
             loaded: list[Loaded] = []
             for index, item in zip(window, current, strict=True):
                 if isinstance(item, TranscriptionError):
@@ -122,6 +135,10 @@ class WindowedLoader(Generic[Source]):
                 loaded.sort(key=lambda item: len(item.samples), reverse=LONGEST_FIRST)
             for start in range(0, len(loaded), self.batch_size):
                 yield loaded[start : start + self.batch_size]
+                if upcoming is not None:  # decode the next window while this one runs
+                    pending, upcoming = self._submit(upcoming), None
+            if upcoming is not None:  # every input of this window failed to load
+                pending = self._submit(upcoming)
 
     def _submit(self, window: list[int]) -> list[Future[list[Loaded | TranscriptionError]]]:
         items = [(i, self.inputs[i]) for i in window]
