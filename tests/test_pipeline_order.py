@@ -203,10 +203,11 @@ class _InstantPool:
         return done
 
 
-def test_windowed_loader_loads_the_next_window_after_the_first_batch() -> None:
-    """The next window is submitted only once the consumer is back from a window's first
-    batch (it stages that batch without loader threads beside it), and a window whose inputs
-    all failed still leads to the next one."""
+@pytest.mark.parametrize("hold_next", [True, False])
+def test_windowed_loader_loads_the_next_window_after_the_first_batch(hold_next: bool) -> None:
+    """With hold_next the next window is submitted only once the consumer is back from a
+    window's first batch (it stages that batch without loader threads beside it), without it
+    at once; a window whose inputs all failed still leads to the next one."""
     from budgie.batching import Loaded, WindowedLoader
 
     inputs = [np.zeros(1000 - i, dtype=np.float32) for i in range(90)]  # in input order
@@ -223,15 +224,11 @@ def test_windowed_loader_loads_the_next_window_after_the_first_batch() -> None:
     assert [len(w) for w in loader.windows] == [8, 64, 18]
     broken.update(loader.windows[1])
     failed: list[int] = []
-    for batch in loader.batches(lambda error, index: failed.append(index)):
+    for batch in loader.batches(lambda error, index: failed.append(index), hold_next):
         events.append(f"batch {batch[0].index}")
-    assert events == [
-        "submit 0",
-        "batch 0",
-        "submit 8",
-        "submit 72",
-        "batch 72",
-        "batch 80",
-        "batch 88",
-    ]
+    rest = ["submit 72", "batch 72", "batch 80", "batch 88"]
+    if hold_next:
+        assert events == ["submit 0", "batch 0", "submit 8", *rest]
+    else:
+        assert events == ["submit 0", "submit 8", "batch 0", *rest]
     assert sorted(failed) == sorted(loader.windows[1])

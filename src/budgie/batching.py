@@ -34,9 +34,9 @@ MIN_WINDOW = 64
 # Batched inputs go longest first: the run then ends on its shortest batch, whose decode and
 # text are what is left to do once the GPU has finished (False: shortest first, for A/B runs).
 LONGEST_FIRST = True
-# The next window is submitted once the consumer is back from a window's first batch, not
-# before that batch is handed out (``WindowedLoader.batches`` says why; False: before, for A/B
-# runs).
+# With ``hold_next``, the next window is submitted once the consumer is back from a window's
+# first batch, not before that batch is handed out (``WindowedLoader.batches`` says why; False:
+# before, for A/B runs).
 LOAD_AFTER_FIRST_BATCH = True
 
 Source = TypeVar("Source")
@@ -107,23 +107,25 @@ class WindowedLoader(Generic[Source]):
         order = input_order(inputs, batch_size)
         self.windows = [[order[i] for i in w] for w in input_windows(len(inputs), batch_size)]
 
-    def batches(self, failed: Callable[[TranscriptionError, int], None]) -> Iterator[list[Loaded]]:
+    def batches(
+        self, failed: Callable[[TranscriptionError, int], None], hold_next: bool = True
+    ) -> Iterator[list[Loaded]]:
         """Batches in order (sorted by length within a window when batch_size > 1, as
         ``input_order`` sorts the windows); each input that failed to load goes to ``failed``
         with its index as it is met.
 
-        The next window is submitted when the consumer comes back after a window's first
-        batch, not before handing that batch out: the consumer packs a batch's samples while
-        holding the interpreter lock, and eight loader threads beside it made the first
-        batch's packing 21 ms instead of 3 ms on an H100 host, with the GPU not yet started
-        (``benchmarks/gpu_throughput_timeline.py``). A consumer that finishes the first batch
-        before asking for the next (phases synced one by one) then waits once for the second
-        window's loading."""
+        With ``hold_next`` the next window is submitted when the consumer comes back after a
+        window's first batch, not before handing that batch out: a consumer that packs the
+        batch into pinned memory while the GPU waits does so holding the interpreter lock, and
+        eight loader threads beside it made the first batch's packing 21 ms instead of 3 ms on
+        an H100 host (``benchmarks/gpu_throughput_timeline.py``). Without it the next window is
+        submitted at once, for a consumer that finishes each batch before asking for the next
+        (its loading then overlaps that work)."""
         pending = self._submit(self.windows[0]) if self.windows else []
         for number, window in enumerate(self.windows):
             current = self._collect(pending)
             upcoming = self.windows[number + 1] if number + 1 < len(self.windows) else None
-            if upcoming is not None and not LOAD_AFTER_FIRST_BATCH:
+            if upcoming is not None and not (hold_next and LOAD_AFTER_FIRST_BATCH):
                 pending, upcoming = self._submit(upcoming), None
             loaded: list[Loaded] = []
             for index, item in zip(window, current, strict=True):

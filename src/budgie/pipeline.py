@@ -208,19 +208,20 @@ class Model:
                 results[index] = error
                 done += 1
 
+            # Unless phases are timed one by one, the next batch is staged (packed into pinned
+            # memory) while the GPU encodes this one; a decoded batch goes to the text thread
+            # only after that, and the loaders wait for the first batch's staging (budgie.batching
+            # says why).
+            look_ahead = STAGE_AHEAD and self.cuda_runner is not None and not self.sync_phases
             loader = WindowedLoader(
                 inputs, batch_size, self._load_many, None if single else loaders, workers
             )
-            queue = loader.batches(failed)
+            queue = loader.batches(failed, hold_next=look_ahead)
 
             def following() -> _Staged | None:
                 batch = next(queue, None)
                 return None if batch is None else self._stage_batch(batch)
 
-            # Unless phases are timed one by one, the next batch is staged (packed into pinned
-            # memory) while the GPU encodes this one; a decoded batch goes to the text thread
-            # only after that (budgie.batching says why).
-            look_ahead = STAGE_AHEAD and self.cuda_runner is not None and not self.sync_phases
             decoded: tuple[list[Loaded], _Inferred] | None = None  # not handed over yet
             staged = following()
             while staged is not None:
