@@ -96,8 +96,20 @@ def _lstm_tile(
     """The LSTM cell for hidden units ``hs`` of the emitting rows: new h, c from the input rows
     (x_base + x_rows) and the old state, written to h_out/c_out. With KEEP the other valid rows
     get their old h, c there (the loop kernel's state buffers alternate). State and the input
-    are read past L1 (other programs of the loop kernel wrote them)."""
+    are read past L1 (other programs of the loop kernel wrote them). The old state and the bias
+    are asked for before the products, so their loads overlap the weights' (in the loop kernel
+    at batch 2 and 4 ~0.5-1 us less per emitting step than loading them after, at batch 1 no
+    difference: benchmarks/results/gpu_decoder_micro_h100_2026-11-25_early_state_*.json)."""
     h_ok = hs < H
+    state = rows[:, None] * H + hs[None, :]
+    state_ok = row_ok[:, None] & h_ok[None, :]
+    c_old = tl.load(c_ptr + state, mask=state_ok, other=0.0, cache_modifier=".cg")
+    if KEEP:
+        h_old = tl.load(h_ptr + state, mask=state_ok, other=0.0, cache_modifier=".cg")
+    b_i = tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :]
+    b_f = tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :]
+    b_g = tl.load(b_ptr + 2 * H + hs, mask=h_ok, other=0.0)[None, :]
+    b_o = tl.load(b_ptr + 3 * H + hs, mask=h_ok, other=0.0)[None, :]
     acc_i = tl.zeros([BB, BH], dtype=tl.float32)
     acc_f = tl.zeros([BB, BH], dtype=tl.float32)
     acc_g = tl.zeros([BB, BH], dtype=tl.float32)
@@ -129,24 +141,17 @@ def _lstm_tile(
             acc_g += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
             w = tl.load(w_rows + 3 * gate, mask=w_mask, other=0.0).to(tl.float32)
             acc_o += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-    i = tl.sigmoid(acc_i + tl.load(b_ptr + hs, mask=h_ok, other=0.0)[None, :])
-    f = tl.sigmoid(acc_f + tl.load(b_ptr + H + hs, mask=h_ok, other=0.0)[None, :])
-    g = _tanh(acc_g + tl.load(b_ptr + 2 * H + hs, mask=h_ok, other=0.0)[None, :])
-    o = tl.sigmoid(acc_o + tl.load(b_ptr + 3 * H + hs, mask=h_ok, other=0.0)[None, :])
-    state = rows[:, None] * H + hs[None, :]
+    i = tl.sigmoid(acc_i + b_i)
+    f = tl.sigmoid(acc_f + b_f)
+    g = _tanh(acc_g + b_g)
+    o = tl.sigmoid(acc_o + b_o)
     m = emit[:, None] & h_ok[None, :]
-    c_old = tl.load(
-        c_ptr + state, mask=row_ok[:, None] & h_ok[None, :], other=0.0, cache_modifier=".cg"
-    )
     c = f * c_old + i * g
     h = o * _tanh(c)
     if KEEP:
-        h_old = tl.load(
-            h_ptr + state, mask=row_ok[:, None] & h_ok[None, :], other=0.0, cache_modifier=".cg"
-        )
         c = tl.where(emit[:, None], c, c_old)
         h = tl.where(emit[:, None], h, h_old)
-        m = row_ok[:, None] & h_ok[None, :]
+        m = state_ok
     tl.store(c_out_ptr + state, c, mask=m)
     tl.store(h_out_ptr + state, h, mask=m)
 
