@@ -191,6 +191,34 @@ class _BrokenLoop(_FakeLoop):
         raise RuntimeError("barrier kernel does not build")
 
 
+def test_large_batches_decode_in_slices(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TRITON_MAX_BATCH rows (4 here), with a Triton machine at hand, a batch decodes in
+    slices of that many rows, each on its own machine, with the whole batch's hypotheses; with
+    the torch step compiled, or the setting off, in one piece."""
+    monkeypatch.setattr(cuda_runner, "TRITON_MAX_BATCH", 4)
+    net = synth_models.model("tiny").network
+    gen = torch.Generator().manual_seed(1)
+    encoded = torch.randn(10, 30, net.cfg.encoder.d_model, generator=gen) * 3
+    lengths = torch.tensor([30, 29, 28, 25, 22, 20, 16, 12, 9, 5])
+
+    def decoded(split: bool, compiled: bool = False) -> tuple[list[Hypothesis], set[int]]:
+        monkeypatch.setattr(cuda_runner, "SPLIT_LARGE_BATCHES", split)
+        runner = cuda_runner.CudaRunner(net, compile_decoder=compiled)
+        runner.triton_decoder, runner.loop_decoder = _FakeTriton, None
+        runner.use_graphs = False  # (on the CPU: the slices' machines step eagerly)
+        hyps = runner.decode(encoded, lengths)
+        return hyps, {rows for rows, _ in runner._decoders}
+
+    whole, whole_rows = decoded(split=False)
+    sliced, sliced_rows = decoded(split=True)
+    assert sliced == whole and sum(len(h.token_ids) for h in whole) > 0
+    assert whole_rows == {cuda_runner.bucket_batch(10)}
+    assert sliced_rows == {4, cuda_runner.bucket_batch(2)}
+    assert decoded(split=True, compiled=True)[1] == whole_rows
+
+
 @pytest.mark.parametrize(("batch", "graphed", "loop"), [(1, True, True), (4, True, True),
                          (8, True, False), (1, False, False)])  # fmt: skip
 def test_loop_decoder_for_small_graphed_batches(

@@ -10,7 +10,8 @@ Graphs are captured lazily, the second time a shape bucket is seen (the first ca
 so a one-off transcript never pays for a capture), and kept for the life of the model. Up to
 the loop decoder's max_batch (4) rows a batch then decodes in one launch of a persistent Triton
 kernel (triton_loop.py, no graph); up to ``TRITON_MAX_BATCH`` rows the captured decoder step is
-the Triton one (triton_decoding.py); in
+the Triton one (triton_decoding.py), and larger batches are decoded in slices of that many rows;
+in
 bf16/fp16 the captured encoder layers run with Triton-fused elementwise kernels
 (triton_encoder.py; float32 keeps the eager layers).
 
@@ -63,6 +64,13 @@ DECODER_FRAMES = 512
 # stops at TRITON_MAX_BATCH_COMPILED.
 TRITON_MAX_BATCH = 64
 TRITON_MAX_BATCH_COMPILED = 8
+# A batch of more rows than that is decoded in slices of TRITON_MAX_BATCH rows, each on a Triton
+# machine, when Triton is there and the torch step is not compiled: rows decode independently,
+# so the hypotheses are the same, and a 128-row torch step costs more than two 64-row Triton
+# ones (160 files at batch 128 on an H100: median wall 377.6 vs 462.5 ms over 8 alternating
+# passes, benchmarks/results/gpu_throughput_timeline_h100_2026-11-25_split_large_batches_ab.json;
+# False: one torch-step machine for the whole batch, for A/B runs).
+SPLIT_LARGE_BATCHES = True
 # A shape's first decode replays the torch step from a CUDA graph captured on the spot rather
 # than launching its ~50 kernels per step eagerly: a capture costs about what 20 eager steps do
 # and a decode takes 100-400 steps (the Triton machines come from the second use on: building
@@ -340,6 +348,10 @@ class CudaRunner:
             return encoded, enc_lengths
         return graph.run(features, lengths)
 
+    def _splits_large_batches(self) -> bool:
+        """Whether batches over TRITON_MAX_BATCH rows are decoded in slices (see the setting)."""
+        return SPLIT_LARGE_BATCHES and not self.compile_decoder and self.triton_decoder is not None
+
     def _decoder_machine(
         self, batch: int, frames: int, device: torch.device, graphed: bool
     ) -> tuple[StepDecoder, GraphedStepDecoder | None]:
@@ -408,7 +420,17 @@ class CudaRunner:
         return out
 
     def decode(self, encoded: Tensor, lengths: Tensor) -> list[Hypothesis]:
-        batch = bucket_batch(encoded.shape[0])
+        rows = encoded.shape[0]
+        if rows > TRITON_MAX_BATCH and self._splits_large_batches():
+            return [
+                hyp
+                for start in range(0, rows, TRITON_MAX_BATCH)
+                for hyp in self.decode(
+                    encoded[start : start + TRITON_MAX_BATCH],
+                    lengths[start : start + TRITON_MAX_BATCH],
+                )
+            ]
+        batch = bucket_batch(rows)
         frames = -(-encoded.shape[1] // DECODER_FRAMES) * DECODER_FRAMES
         key = (batch, frames)
         machine, graphed = self._decoders.get(key, (None, None))
