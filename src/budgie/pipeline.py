@@ -210,8 +210,8 @@ class Model:
 
             # Unless phases are timed one by one, the next batch is staged (packed into pinned
             # memory) while the GPU encodes this one; a decoded batch goes to the text thread
-            # only after that, and the loaders wait for the first batch's staging (budgie.batching
-            # says why).
+            # only after that, and each window's loading waits until the previous window's first
+            # batch has been staged (budgie.batching says why).
             look_ahead = STAGE_AHEAD and self.cuda_runner is not None and not self.sync_phases
             loader = WindowedLoader(
                 inputs, batch_size, self._load_many, None if single else loaders, workers

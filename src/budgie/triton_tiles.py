@@ -99,7 +99,8 @@ def _lstm_tile(
     are read past L1 (other programs of the loop kernel wrote them). The old state and the bias
     are asked for before the products, so their loads overlap the weights' (in the loop kernel
     at batch 2 and 4 ~0.5-1 us less per emitting step than loading them after, at batch 1 no
-    difference: benchmarks/results/gpu_decoder_micro_h100_2026-11-25_early_state_*.json)."""
+    difference: benchmarks/results/gpu_decoder_micro_h100_2026-11-25_early_state_*.json, measured
+    with a temporary flag for the late variant)."""
     h_ok = hs < H
     state = rows[:, None] * H + hs[None, :]
     state_ok = row_ok[:, None] & h_ok[None, :]
