@@ -1,8 +1,9 @@
 """GPU decoder micro-benchmark: torch StepDecoder (graphed, with and without torch.compile),
-TritonStepDecoder (graphed; float32 and bf16 weights) and LoopDecoder (one launch per decode,
-triton_loop.py), per batch size, on a full-size parakeet-tdt-0.6b-v2 decoder+joint. Hypotheses
-are compared with the first variant of the same weight precision (torch graphed for float32,
-Triton graphed bf16 for bf16).
+TritonStepDecoder (graphed; float32 and bf16 weights), LoopDecoder (one launch per decode,
+triton_loop.py) and KernelLoopDecoder (one launch of the shared-memory CUDA kernel,
+cuda_loop.py; bf16 and fp16), per batch size, on a full-size parakeet-tdt-0.6b-v2
+decoder+joint. Hypotheses are compared with the first variant of the same weight precision
+(torch graphed for float32 and fp16, Triton graphed bf16 for bf16).
 
 No checkpoint and no NeMo: the prediction network and joint are built on the GPU with the
 synthetic recipe's weights (budgie.synth preset parakeet-tdt-0.6b-v2: pred hidden 640, 2 LSTM
@@ -258,6 +259,20 @@ def main() -> None:
                 for dtype, suffix in ((torch.float32, ""), (bf16, "_bf16")):
                     make = triton_machine(b, config, dtype, LoopDecoder)
                     plan.append((name + suffix, b, make, "loop"))
+    try:  # the shared-memory CUDA kernel (cuda_loop.py), bf16 and fp16 weights only
+        from budgie.cuda_loop import MAX_ROWS, KernelLoopDecoder
+
+        for b in [b for b in BATCHES if b <= MAX_ROWS]:
+            for dtype, suffix in ((bf16, "_bf16"), (torch.float16, "_fp16")):
+
+                def kernel_machine(b: int = b, dtype: torch.dtype = dtype) -> StepDecoder:
+                    return KernelLoopDecoder(
+                        decoder, joint, b, MAX_FRAMES, durations, max_symbols, device, dtype
+                    )
+
+                plan.append(("kernel_loop" + suffix, b, kernel_machine, "loop"))
+    except Exception:
+        result["errors"]["import cuda_loop"] = traceback.format_exc()[-3000:]
     # torch.compile takes ~10-30 s per batch size: the most telling sizes first.
     plan += [("torch_compiled_graphed", b, torch_machine(b), "compile") for b in (1, 8, 32)]
     if TritonStepDecoder is not None and not args.no_sweep:  # tilings to try, for tuning

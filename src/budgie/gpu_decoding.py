@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from budgie.decoding import Hypothesis
@@ -159,6 +160,20 @@ class StepDecoder:
         out, h, c = lstm_step(x, self.h, self.c, self.lstm)
         projected: Tensor = self.joint.project_prediction(out)
         return projected, h, c
+
+    @torch.inference_mode()
+    def rounded_start(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """The prediction after the start-of-sequence blank, with the weight matrices rounded
+        to ``dtype`` as a kernel reading 16-bit weights sees them (for such machines' start)."""
+        layers = [
+            (w_ih.to(dtype).float(), w_hh.to(dtype).float(), b_ih, b_hh)
+            for w_ih, w_hh, b_ih, b_hh in self.lstm.layers
+        ]
+        x = self.decoder.prediction.embed(self.blank_labels)
+        zeros = torch.zeros_like(self.h)
+        out, h, c = lstm_step(x, zeros, zeros, LSTMWeights(layers))
+        pred = self.joint.pred
+        return F.linear(out, pred.weight.to(dtype).float(), pred.bias), h, c
 
     def step(self) -> None:
         """One joint evaluation per row, with every consequence applied in place."""

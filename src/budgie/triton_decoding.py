@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from budgie.gpu_decoding import LSTMWeights, StepDecoder, lstm_step
+from budgie.gpu_decoding import StepDecoder
 from budgie.model import ParakeetTDT
 from budgie.transducer import Decoder, Joint
 from budgie.triton_tiles import (
@@ -305,7 +304,7 @@ class TritonStepDecoder(StepDecoder):
             ).to(device, torch.float32)
             self.w_lstm, self.b_lstm = list(self.w_lstm_all), list(self.b_lstm_all)
         if wd != torch.float32:  # the start state from the same rounded weights
-            self._start = self._rounded_start(wd)
+            self._start = self.rounded_start(wd)
         self.num_outputs = self.w_out.shape[0]
         self.logits = torch.zeros(batch, self.num_outputs, device=device)
         self.sel = torch.zeros(batch, 3, dtype=torch.long, device=device)  # label, duration, emit
@@ -357,20 +356,6 @@ class TritonStepDecoder(StepDecoder):
         grid = (triton.cdiv(hidden, cfg.block_j), row_blocks)
         plan.append(Launch(_project_kernel, grid, args, consts))
         return plan
-
-    @torch.inference_mode()
-    def _rounded_start(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The prediction after the start-of-sequence blank, with the weight matrices rounded
-        to ``dtype`` as the kernels read them."""
-        layers = [
-            (w_ih.to(dtype).float(), w_hh.to(dtype).float(), b_ih, b_hh)
-            for w_ih, w_hh, b_ih, b_hh in self.lstm.layers
-        ]
-        x = self.decoder.prediction.embed(self.blank_labels)
-        zeros = torch.zeros_like(self.h)
-        out, h, c = lstm_step(x, zeros, zeros, LSTMWeights(layers))
-        pred = self.joint.pred
-        return F.linear(out, pred.weight.to(dtype).float(), pred.bias), h, c
 
     @classmethod
     def network_options(cls, network: ParakeetTDT) -> dict[str, Any]:

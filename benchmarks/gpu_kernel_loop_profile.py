@@ -1,0 +1,142 @@
+"""Where a step of the shared-memory decode kernel (cuda_loop.py) spends its time, on a
+full-size parakeet-tdt-0.6b-v2 prediction network and joint (gpu_decoder_micro.py's synthetic
+weights and random encoder outputs, its "blank" and "emit" regimes).
+
+Per batch (1, 2, 4) and regime: microseconds per step of the kernel as built (median of --reps
+decodes), of the kernel with the fenced barrier arrival (cuda_loop.FENCED_BARRIER, alternated
+with it), of the Triton loop kernel in bf16, and, from a -DPROFILE build, block 0's SM cycles
+per part of the loop converted to microseconds per step (the clock rate the driver reports).
+
+    python3 benchmarks/gpu_kernel_loop_profile.py --out $OUT/gpu_kernel_loop_profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import torch  # noqa: E402
+from gpu_decoder_micro import MAX_FRAMES, REGIMES, SPEC, build_network  # noqa: E402
+
+from budgie import cuda_driver, cuda_loop  # noqa: E402
+from budgie.cuda_loop import KernelLoopDecoder  # noqa: E402
+from budgie.gpu_decoding import StepDecoder  # noqa: E402
+
+SLOTS = (
+    "joint_load",
+    "joint_product",
+    "joint_barrier",
+    "select",
+    "lstm_load",
+    "lstm_product",
+    "lstm_barrier",
+    "projection",
+    "projection_barrier",
+    "loop_control",
+)
+
+
+def timed(machine: StepDecoder, enc: torch.Tensor, lengths: torch.Tensor) -> tuple[float, int]:
+    """(milliseconds, steps of the longest row) of one decode with its hypotheses."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    machine.reset(enc, lengths)
+    machine.step()
+    machine.hypotheses(enc.shape[0])
+    ms = (time.perf_counter() - t0) * 1000
+    return ms, int(machine.steps[: enc.shape[0]].max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--frames", type=int, default=250)
+    parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 2, 4])
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    decoder, joint, cfg = build_network(device, 0)
+    durations, max_symbols = cfg.decoding.durations, cfg.decoding.max_symbols
+    clock_ghz = cuda_driver.device_attribute(device, cuda_driver.CLOCK_RATE_KHZ) / 1e6
+    result: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "clock_ghz": clock_ghz,
+        "frames": args.frames,
+        "runs": [],
+    }
+    try:
+        from budgie.triton_loop import LoopDecoder
+    except ImportError:
+        LoopDecoder = None  # type: ignore[assignment,misc]
+    gen = torch.Generator(device=device).manual_seed(0)
+    bf16 = torch.bfloat16
+    for b in args.batches:
+        encoded = torch.randn(b, args.frames, SPEC.d_model, device=device, generator=gen)
+        lengths = torch.full((b,), args.frames, dtype=torch.long, device=device)
+        make = (decoder, joint, b, MAX_FRAMES, durations, max_symbols, device)
+
+        def kernel(
+            profile: bool = False, fenced: bool = False, make: tuple[Any, ...] = make
+        ) -> KernelLoopDecoder:
+            cuda_loop.FENCED_BARRIER = fenced
+            try:
+                return KernelLoopDecoder(*make, bf16, profile=profile)  # type: ignore[arg-type]
+            finally:
+                cuda_loop.FENCED_BARRIER = False
+
+        machines: dict[str, StepDecoder] = {
+            "kernel": kernel(),
+            "kernel_fenced": kernel(fenced=True),
+        }
+        if LoopDecoder is not None:
+            machines["triton_loop"] = LoopDecoder(*make, None, bf16)  # type: ignore[arg-type]
+        profiled = kernel(profile=True)
+        for regime, scale in REGIMES.items():
+            with torch.inference_mode():
+                enc = joint.project_encoder(encoded * scale)
+            times: dict[str, list[float]] = {name: [] for name in machines}
+            steps = 0
+            for machine in machines.values():
+                timed(machine, enc, lengths)  # warm-up
+            for _ in range(args.reps):  # alternating
+                for name, machine in machines.items():
+                    ms, steps = timed(machine, enc, lengths)
+                    times[name].append(ms)
+            timed(profiled, enc, lengths)
+            assert profiled.profile is not None
+            counts = profiled.profile.tolist()
+            loop_steps = max(counts[-1], 1)
+            breakdown = {
+                slot: round(c / clock_ghz / 1000 / loop_steps, 3)
+                for slot, c in zip(SLOTS, counts[:-1], strict=True)
+            }
+            run = {
+                "batch": b,
+                "regime": regime,
+                "steps": steps,
+                "us_per_step": {
+                    n: round(statistics.median(t) * 1000 / steps, 2) for n, t in times.items()
+                },
+                "profile_us_per_step": breakdown,
+                "profile_steps": loop_steps,
+            }
+            result["runs"].append(run)
+            print(json.dumps(run), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""CUDA C++ kernels compiled at run time: NVRTC to a cubin, the driver API to load and launch.
+
+Why: a kernel that keeps data in shared memory across a persistent loop (cuda_loop.py) cannot
+be written in Triton, and a compiler must not be a user's install step. The CUDA builds of torch
+ship NVRTC (libnvrtc) and every CUDA machine has the driver (libcuda), so both are reached
+through ctypes; nothing here needs nvcc or a build. Launches go to torch's current stream, in
+torch's context, so they order with torch's kernels like any other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+# CUfunction_attribute / CUdevice_attribute values (cuda.h).
+_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
+CLOCK_RATE_KHZ = 13
+
+Argument = ctypes.c_void_p | ctypes.c_int | ctypes.c_uint
+
+
+class KernelUnavailable(RuntimeError):
+    """NVRTC or the driver is missing, or the kernel does not compile or fit on this GPU."""
+
+
+_lock = threading.Lock()
+_libraries: dict[str, ctypes.CDLL] = {}
+
+
+def _library(kind: str) -> ctypes.CDLL:
+    """libnvrtc (from torch's CUDA wheels or the system) or libcuda, loaded once."""
+    with _lock:
+        if kind in _libraries:
+            return _libraries[kind]
+        if kind == "cuda":
+            names = ["libcuda.so.1", "libcuda.so", "nvcuda.dll"]
+        else:
+            major = (torch.version.cuda or "12").split(".")[0]
+            names = [f"libnvrtc.so.{major}", "libnvrtc.so"]
+            for site in {str(Path(torch.__file__).parents[1])}:  # the nvidia-* wheels
+                names += sorted(glob.glob(f"{site}/nvidia/*/lib/libnvrtc.so*"))
+                names += sorted(glob.glob(f"{site}/nvidia/cu*/lib/libnvrtc.so*"))
+        for name in names:
+            if "builtins" in name or ".alt." in name:
+                continue
+            try:
+                lib = _libraries[kind] = ctypes.CDLL(name)
+                return lib
+            except OSError:
+                continue
+        raise KernelUnavailable(f"lib{kind} not found (tried {', '.join(names[:3])}, ...)")
+
+
+def _check_driver(result: int, what: str) -> None:
+    if result != 0:
+        message = ctypes.c_char_p()
+        _library("cuda").cuGetErrorString(result, ctypes.byref(message))
+        text = message.value.decode() if message.value else f"error {result}"
+        raise KernelUnavailable(f"{what}: {text}")
+
+
+def compile_cubin(source: str, name: str, arch: str, options: Sequence[str] = ()) -> bytes:
+    """CUDA C++ source -> cubin for ``arch`` (e.g. "sm_90"); the compiler's log in the error."""
+    nvrtc = _library("nvrtc")
+    program = ctypes.c_void_p()
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+            text = nvrtc.nvrtcGetErrorString(result).decode()
+            size = ctypes.c_size_t()
+            log = ""
+            if program and nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size)) == 0:
+                buffer = ctypes.create_string_buffer(size.value)
+                nvrtc.nvrtcGetProgramLog(program, buffer)
+                log = buffer.value.decode(errors="replace").strip()
+            raise KernelUnavailable(f"{what} ({name}): {text}\n{log}".strip())
+
+    check(
+        nvrtc.nvrtcCreateProgram(
+            ctypes.byref(program), source.encode(), name.encode(), 0, None, None
+        ),
+        "nvrtcCreateProgram",
+    )
+    try:
+        flags = [f"--gpu-architecture={arch}", "--std=c++17", *options]
+        array = (ctypes.c_char_p * len(flags))(*(f.encode() for f in flags))
+        check(nvrtc.nvrtcCompileProgram(program, len(flags), array), "compiling")
+        size = ctypes.c_size_t()
+        check(nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size)), "nvrtcGetCUBINSize")
+        cubin = ctypes.create_string_buffer(size.value)
+        check(nvrtc.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
+        return cubin.raw
+    finally:
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+def _make_context_current(device: torch.device) -> None:
+    """A context current on this thread, as driver calls need: torch's runtime makes the
+    device's primary context current on a thread that used CUDA; otherwise it is set here."""
+    cuda = _library("cuda")
+    torch.cuda.init()  # type: ignore[no-untyped-call]
+    current = ctypes.c_void_p()
+    _check_driver(cuda.cuCtxGetCurrent(ctypes.byref(current)), "cuCtxGetCurrent")
+    if current.value:
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    handle = ctypes.c_int()
+    _check_driver(cuda.cuDeviceGet(ctypes.byref(handle), index), "cuDeviceGet")
+    context = ctypes.c_void_p()  # the primary context torch uses (retained for the process)
+    _check_driver(
+        cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), handle), "cuDevicePrimaryCtxRetain"
+    )
+    _check_driver(cuda.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+
+
+def device_attribute(device: torch.device, attribute: int) -> int:
+    """A CUdevice_attribute of ``device`` (cuda.h's numbering)."""
+    cuda = _library("cuda")
+    _make_context_current(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    value = ctypes.c_int()
+    _check_driver(cuda.cuDeviceGetAttribute(ctypes.byref(value), attribute, index), "attribute")
+    return value.value
+
+
+def shared_memory_limit(device: torch.device) -> int:
+    """The most dynamic shared memory a block may ask for on ``device`` (bytes)."""
+    return device_attribute(device, _MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+
+
+class Kernel:
+    """One ``extern "C"`` kernel of a cubin, loaded in ``device``'s context."""
+
+    def __init__(self, cubin: bytes, name: str, device: torch.device, shared_bytes: int) -> None:
+        cuda = _library("cuda")
+        _make_context_current(device)
+        self.device = device
+        self._image = ctypes.create_string_buffer(cubin, len(cubin))  # alive with the module
+        self._module = ctypes.c_void_p()
+        _check_driver(cuda.cuModuleLoadData(ctypes.byref(self._module), self._image), "load")
+        self._function = ctypes.c_void_p()
+        _check_driver(
+            cuda.cuModuleGetFunction(ctypes.byref(self._function), self._module, name.encode()),
+            f"kernel {name}",
+        )
+        self.shared_bytes = shared_bytes
+        if shared_bytes > 48 * 1024:
+            _check_driver(
+                cuda.cuFuncSetAttribute(
+                    self._function, _MAX_DYNAMIC_SHARED_SIZE_BYTES, ctypes.c_int(shared_bytes)
+                ),
+                f"{shared_bytes} bytes of shared memory",
+            )
+
+    def resident_blocks(self, threads: int) -> int:
+        """Blocks of ``threads`` threads that fit on one SM at once with this shared memory."""
+        blocks = ctypes.c_int()
+        _check_driver(
+            _library("cuda").cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                ctypes.byref(blocks), self._function, threads, ctypes.c_size_t(self.shared_bytes)
+            ),
+            "occupancy",
+        )
+        return blocks.value
+
+    def launch(self, blocks: int, threads: int, args: Sequence[Argument]) -> None:
+        """A cooperative launch on torch's current stream: the driver refuses one whose blocks
+        cannot all be resident at once, which grid-wide barriers need."""
+        values = list(args)  # kept alive until the call returns (the driver copies them)
+        pointers = (ctypes.c_void_p * len(values))(
+            *(ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values)
+        )
+        stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
+        _check_driver(
+            _library("cuda").cuLaunchCooperativeKernel(
+                self._function, blocks, 1, 1, threads, 1, 1, self.shared_bytes, stream, pointers
+            ),
+            "launch",
+        )
+
+
+def pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def arch_of(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept between processes (BUDGIE_CACHE or ~/.cache/budgie)."""
+    root = os.environ.get("BUDGIE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "budgie"
+    )
+    return Path(root) / "kernels"
+
+
+def cached_cubin(source: str, name: str, arch: str, options: Sequence[str] = ()) -> bytes:
+    """``compile_cubin``'s result, kept on disk under a hash of everything it depends on
+    (NVRTC's version included), so a process compiles a kernel only the first time."""
+    nvrtc = _library("nvrtc")
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    key = "\0".join([source, name, arch, *options, f"{major.value}.{minor.value}"])
+    path = cache_dir() / f"{name}-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.cubin"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    cubin = compile_cubin(source, name, arch, options)
+    try:  # best effort: an unwritable cache only costs the next process a compile
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial.write_bytes(cubin)
+        partial.replace(path)
+    except OSError:
+        pass
+    return cubin

@@ -1,0 +1,279 @@
+"""A whole batch's TDT greedy decode in one launch of a CUDA C++ kernel that keeps the
+prediction network's and the joint's weights in shared memory (kernels/tdt_loop.cu).
+
+Why: the Triton loop kernel (triton_loop.py) already decodes in one launch, but each of an
+emitting step's four phases re-reads its programs' weight tiles from L2 (~80 KB per program
+per phase): a phase took ~4.5 us, of which a grid barrier is ~1 us
+(benchmarks/results/gpu_barrier_micro_*.json), so an emitting step cost ~18 us. A block of this
+kernel copies its share of the 16-bit weights (~120 KB for parakeet-tdt-0.6b-v2 over 129 blocks)
+into shared memory once per launch, and a phase then only reads its input vector from L2.
+Triton has no way to keep data in shared memory across a loop, hence CUDA C++, compiled at run
+time with NVRTC (cuda_driver.py) and cached on disk.
+
+The split (``Partition``): block p holds hidden units [p*U, (p+1)*U) of every LSTM layer (their
+four gate rows, so the cell update and its c stay in the block), rows [p*RJ, (p+1)*RJ) of the
+prediction projection and rows [p*RN, (p+1)*RN) of the joint's output layer. The phases and the
+bookkeeping are triton_loop.py's (the kernel's header comment lists them); weights are read as
+16-bit numbers and everything else is float32, as the Triton machines do in bf16/fp16, so the
+hypotheses equal theirs but for an argmax near-tie (a different summation order).
+
+Only for 16-bit weights (float32 ones would not fit in shared memory), up to MAX_ROWS rows, and
+on GPUs whose blocks can hold a share: otherwise the machine raises ``KernelUnavailable`` when
+built, and cuda_runner falls back to the Triton loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from budgie import cuda_driver
+from budgie.cuda_driver import Kernel, KernelUnavailable, pointer
+from budgie.gpu_decoding import StepDecoder
+from budgie.model import ParakeetTDT
+from budgie.transducer import Decoder, Joint
+
+SOURCE = Path(__file__).with_name("kernels") / "tdt_loop.cu"
+KERNEL = "tdt_decode_loop"
+# The most rows a machine takes (the kernel is compiled for 1, 2 or 4: its MAX_ROWS), and the
+# kernel's THREADS and WARPS (kernels/tdt_loop.cu).
+MAX_ROWS = 4
+THREADS = 512
+WARPS = THREADS // 32
+WEIGHT_DTYPES = (torch.bfloat16, torch.float16)
+# The grid barrier's arrival as a fence plus an atomic add instead of one releasing add (for
+# A/B runs).
+FENCED_BARRIER = False
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """How the weight rows are split over ``blocks`` (see the module doc)."""
+
+    blocks: int
+    units: int  # U: LSTM hidden units per block (4 U gate rows per layer)
+    pred_rows: int  # RJ: prediction projection rows per block
+    joint_rows: int  # RN: joint output rows per block
+
+    @classmethod
+    def over(cls, blocks: int, hidden: int, joint_hidden: int, outputs: int) -> Partition:
+        """The fewest rows per block with at most ``blocks`` blocks, then only the blocks that
+        hold any (e.g. 640 units, 640 projections, 1030 outputs over 132: 129 blocks)."""
+        units = _cdiv(hidden, blocks)
+        pred_rows = _cdiv(joint_hidden, blocks)
+        joint_rows = _cdiv(outputs, blocks)
+        used = max(_cdiv(hidden, units), _cdiv(joint_hidden, pred_rows), _cdiv(outputs, joint_rows))
+        return cls(used, units, pred_rows, joint_rows)
+
+    def block_elements(self, layers: int, hidden: int, joint_hidden: int) -> int:
+        """16-bit weights per block: L x 4U rows of [w_ih | w_hh], RJ of W_pred, RN of W_out."""
+        lstm = layers * 4 * self.units * 2 * hidden
+        return lstm + self.pred_rows * hidden + self.joint_rows * joint_hidden
+
+    def shared_bytes(self, rows: int, layers: int, hidden: int, joint_hidden: int) -> int:
+        """The shared memory of the kernel compiled for ``rows`` rows: the weights, then float32
+        inputs, products, the units' c and the argmax scratch (the layout at the top of
+        tdt_decode_loop)."""
+        weights = 16 * _cdiv(2 * self.block_elements(layers, hidden, joint_hidden), 16)
+        products = max(4 * self.units, self.pred_rows, self.joint_rows)
+        floats = rows * max(2 * hidden, joint_hidden) + rows * products
+        floats += layers * rows * self.units + 4 * WARPS
+        return weights + 4 * floats
+
+
+def pack_weights(w_lstm: Tensor, w_pred: Tensor, w_out: Tensor, part: Partition) -> Tensor:
+    """[blocks, block_elements] 16-bit weights, block p's share contiguous: per LSTM layer its
+    4U gate rows (gate-major: row g*U + u is gate g of unit p*U + u), then its RJ rows of
+    W_pred and its RN rows of W_out; rows past a matrix's end are zeros.
+
+    w_lstm: [L, 4H, 2H] ([w_ih | w_hh] per layer, gates i, f, g, o), w_pred: [J, H], w_out:
+    [N, J]."""
+    layers, gate_rows, width = w_lstm.shape
+    hidden = gate_rows // 4
+    blocks, units = part.blocks, part.units
+    lstm = w_lstm.new_zeros(layers, 4, blocks * units, width)
+    lstm[:, :, :hidden] = w_lstm.view(layers, 4, hidden, width)
+    lstm = lstm.view(layers, 4, blocks, units, width).permute(2, 0, 1, 3, 4)
+
+    def rows(weight: Tensor, per_block: int) -> Tensor:
+        padded = weight.new_zeros(blocks * per_block, weight.shape[1])
+        padded[: weight.shape[0]] = weight
+        return padded.view(blocks, -1)
+
+    parts = (lstm.reshape(blocks, -1), rows(w_pred, part.pred_rows), rows(w_out, part.joint_rows))
+    return torch.cat(parts, dim=1).contiguous()
+
+
+_kernels: dict[tuple[int, tuple[str, ...], int], Kernel] = {}
+_kernels_lock = threading.Lock()
+
+
+def kernel_options(dtype: torch.dtype, rows: int, profile: bool = False) -> tuple[str, ...]:
+    """The compiler's macros for a machine: the weights' format, the rows, the barrier kind
+    and the profiling counters."""
+    options = [f"-DMAX_ROWS={rows}"]
+    options += ["-DWEIGHT_FP16"] if dtype == torch.float16 else []
+    options += ["-DFENCED_BARRIER"] if FENCED_BARRIER else []
+    options += ["-DPROFILE"] if profile else []
+    return tuple(options)
+
+
+def load_kernel(device: torch.device, options: tuple[str, ...], shared_bytes: int) -> Kernel:
+    """The kernel compiled with ``options`` on ``device`` (compiled once per process, the cubin
+    cached on disk across processes)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (index, options, shared_bytes)
+    with _kernels_lock:
+        if key not in _kernels:
+            arch = cuda_driver.arch_of(device)
+            cubin = cuda_driver.cached_cubin(SOURCE.read_text(), KERNEL, arch, options)
+            _kernels[key] = Kernel(cubin, KERNEL, device, shared_bytes)
+        return _kernels[key]
+
+
+class KernelLoopDecoder(StepDecoder):
+    """A step machine whose ``step`` decodes the loaded batch to its end in one launch of the
+    shared-memory kernel, like triton_loop.LoopDecoder (the same ``reset``/``step`` contract:
+    no copies of the inputs, one launch, no host sync)."""
+
+    max_batch = MAX_ROWS
+    runs_to_end = True
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        joint: Joint,
+        batch: int,
+        max_frames: int,
+        durations: tuple[int, ...],
+        max_symbols: int,
+        device: torch.device,
+        weight_dtype: torch.dtype = torch.bfloat16,
+        profile: bool = False,
+    ) -> None:
+        if batch > MAX_ROWS:
+            raise ValueError(f"the kernel loop decoder takes at most {MAX_ROWS} rows, not {batch}")
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise KernelUnavailable(f"needs bf16 or fp16 weights, not {weight_dtype}")
+        if device.type != "cuda":
+            raise KernelUnavailable("needs a CUDA device")
+        super().__init__(decoder, joint, batch, max_frames, durations, max_symbols, device)
+        layers, _, hidden = self.h.shape
+        joint_hidden = self.enc_proj.shape[2]
+        if hidden % 8 or joint_hidden % 8:
+            raise KernelUnavailable(f"hidden sizes {hidden}, {joint_hidden} not multiples of 8")
+        out = joint.joint_net[2]
+        assert isinstance(out, torch.nn.Linear)
+        wd = weight_dtype
+        with torch.no_grad():
+            w_lstm = torch.stack(
+                [torch.cat((w_ih, w_hh), dim=1) for w_ih, w_hh, _, _ in self.lstm.layers]
+            ).to(device, wd)
+            self.b_lstm = torch.stack([b_ih + b_hh for _, _, b_ih, b_hh in self.lstm.layers])
+            self.b_lstm = self.b_lstm.to(device, torch.float32).contiguous()
+            self.b_pred = joint.pred.bias.detach().to(device, torch.float32).contiguous()
+            self.b_out = out.bias.detach().to(device, torch.float32).contiguous()
+            embed = decoder.prediction.embed.weight
+            self.embed = embed.detach().to(device, torch.float32).contiguous()
+            self.num_outputs = out.weight.shape[0]
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            self.partition = Partition.over(sms, hidden, joint_hidden, self.num_outputs)
+            self.kernel_rows = rows = 1 << max(0, batch - 1).bit_length()  # 1, 2 or 4
+            shared = self.partition.shared_bytes(rows, layers, hidden, joint_hidden)
+            limit = cuda_driver.shared_memory_limit(device)
+            if shared > limit:
+                raise KernelUnavailable(f"needs {shared} bytes of shared memory, {limit} here")
+            w_pred = joint.pred.weight.detach().to(device, wd)
+            w_out = out.weight.detach().to(device, wd)
+            self.packed = pack_weights(w_lstm, w_pred, w_out, self.partition)
+        self._start = self.rounded_start(wd)
+        start_pred, start_h, start_c = self._start
+        self.start_pred = start_pred[0].contiguous()
+        self.start_h = start_h[:, 0].contiguous()
+        self.start_c = start_c[:, 0].contiguous()
+        self.shared_pred = torch.zeros(rows, joint_hidden, device=device)
+        self.h_buffers = torch.zeros(2, layers, rows, hidden, device=device)
+        self.step_logits = torch.zeros(2, rows, self.num_outputs, device=device)
+        self.counter = torch.zeros(1, dtype=torch.int32, device=device)  # barrier arrivals
+        # With ``profile``: SM cycles per part of the loop and the steps taken (the kernel's
+        # PROFILE slots), from the last decode.
+        self.profile = torch.zeros(11, dtype=torch.long, device=device) if profile else None
+        self.kernel = load_kernel(device, kernel_options(wd, rows, profile), shared)
+        if self.kernel.resident_blocks(THREADS) < 1:
+            raise KernelUnavailable("a block of the decode kernel does not fit on an SM")
+        self._inputs: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def network_options(cls, network: ParakeetTDT) -> dict[str, torch.dtype]:
+        """The weights in the encoder's matmul dtype (bf16 or fp16; float32 is refused)."""
+        return {"weight_dtype": network.encoder.matmul_dtype}
+
+    @classmethod
+    def supports(cls, network: ParakeetTDT) -> bool:
+        """Whether a network's decoding can run here at all (16-bit weights)."""
+        return network.encoder.matmul_dtype in WEIGHT_DTYPES
+
+    @torch.inference_mode()
+    def reset(self, enc_proj: Tensor, lengths: Tensor) -> None:
+        b, t, _ = enc_proj.shape
+        if b > self.batch or t > self.max_frames:
+            raise ValueError(f"batch {b}x{t} exceeds the machine's {self.batch}x{self.max_frames}")
+        self._inputs = (enc_proj.float().contiguous(), lengths.to(torch.long).contiguous())
+
+    def warm_up(self) -> None:
+        """Run the kernel once (one frame of zeros), so that a GPU it cannot run on fails here,
+        where the caller can fall back, not in the middle of a transcription."""
+        enc = torch.zeros(1, 1, self.enc_proj.shape[2], device=self.enc_proj.device)
+        self.reset(enc, torch.ones(1, dtype=torch.long, device=enc.device))
+        self.step()
+        self.hypotheses(1)
+
+    def any_active(self) -> bool:
+        """True from ``reset`` until ``step`` has run the batch to its end."""
+        return self._inputs is not None
+
+    def step(self) -> None:
+        """Decode the loaded batch to its end (one kernel launch; no host sync)."""
+        if self._inputs is None:
+            return
+        enc_proj, lengths = self._inputs
+        self._inputs = None
+        b, t, joint_hidden = enc_proj.shape
+        layers, _, hidden = self.h.shape
+        part = self.partition
+        self.counter.zero_()
+        tensors: tuple[Tensor, ...] = (
+            enc_proj,
+            lengths,
+            self.packed,
+            self.b_lstm,
+            self.b_pred,
+            self.b_out,
+        )
+        tensors += (self.embed, self.durations, self.start_pred, self.start_h, self.start_c)
+        tensors += (self.shared_pred, self.h_buffers, self.step_logits, self.out, self.count)
+        tensors += (self.steps, self.time, self.counter)
+        sizes: tuple[int, ...] = (
+            b,
+            t,
+            hidden,
+            joint_hidden,
+            self.num_outputs,
+            self.num_labels,
+            layers,
+        )
+        sizes += (part.units, part.pred_rows, part.joint_rows, self.blank, self.capacity)
+        sizes += (self.max_symbols,)
+        args: list[cuda_driver.Argument] = [pointer(x) for x in tensors]
+        args.append(pointer(self.profile) if self.profile is not None else ctypes.c_void_p())
+        args += [ctypes.c_int(n) for n in sizes]
+        self.kernel.launch(part.blocks, THREADS, args)

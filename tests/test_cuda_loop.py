@@ -1,0 +1,168 @@
+"""KernelLoopDecoder (cuda_loop.py: one launch of the shared-memory CUDA kernel per batch).
+
+On the CPU: the weight split and the packed layout the kernel reads (rebuilt here from the
+layout's description, independently of pack_weights), and the machine's refusals. On CUDA: the
+hypotheses of the torch machine on the same 16-bit-rounded weights (a float32 near-tie aside,
+which these inputs do not have), several batches in a row on one machine, other LSTM depths,
+empty rows, the max-symbols cap.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from budgie.cuda_driver import KernelUnavailable
+from budgie.cuda_loop import MAX_ROWS, KernelLoopDecoder, Partition, pack_weights
+from budgie.gpu_decoding import StepDecoder, decode_with_steps
+from conftest import SynthModels
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+MAX_SYMBOLS = 2  # small, so that the cap is reached
+
+
+def test_partition_of_parakeet_sizes() -> None:
+    """640 units, 640 projections, 1030 outputs over an H100's 132 SMs: 5, 5 and 8 rows per
+    block, 129 blocks (the joint's rows need the most), ~140 KB of shared memory a block."""
+    part = Partition.over(132, 640, 640, 1030)
+    assert part == Partition(blocks=129, units=5, pred_rows=5, joint_rows=8)
+    assert part.block_elements(2, 640, 640) == 2 * 20 * 1280 + 5 * 640 + 8 * 640
+    assert 130_000 < part.shared_bytes(4, 2, 640, 640) < 227 * 1024
+    few = Partition.over(4, 10, 6, 9)  # more rows per block than blocks' worth of rows
+    assert few == Partition(blocks=4, units=3, pred_rows=2, joint_rows=3)
+    assert Partition.over(200, 64, 64, 40).blocks == 64  # blocks without rows are not launched
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("blocks", "hidden", "joint", "outputs", "layers"), [(4, 10, 6, 9, 2), (3, 8, 16, 5, 1)]
+)
+def test_packed_layout(
+    dtype: torch.dtype, blocks: int, hidden: int, joint: int, outputs: int, layers: int
+) -> None:
+    """Every weight lands where the kernel looks for it: block p, layer l, gate g, unit u at
+    row g*U + u of the layer's 4U rows (u < U, unit p*U + u), then W_pred's and W_out's rows
+    p*R + r; anything past a matrix's end is zero."""
+    gen = torch.Generator().manual_seed(0)
+    w_lstm = torch.randn(layers, 4 * hidden, 2 * hidden, generator=gen).to(dtype)
+    w_pred = torch.randn(joint, hidden, generator=gen).to(dtype)
+    w_out = torch.randn(outputs, joint, generator=gen).to(dtype)
+    part = Partition.over(blocks, hidden, joint, outputs)
+    packed = pack_weights(w_lstm, w_pred, w_out, part)
+    assert packed.dtype == dtype
+    assert packed.shape == (part.blocks, part.block_elements(layers, hidden, joint))
+    units, rj, rn = part.units, part.pred_rows, part.joint_rows
+    zeros_lstm = torch.zeros(2 * hidden, dtype=dtype)
+    for p in range(part.blocks):
+        share = packed[p]
+        for layer in range(layers):
+            base = layer * 4 * units * 2 * hidden
+            for gate in range(4):
+                for u in range(units):
+                    start = base + (gate * units + u) * 2 * hidden
+                    got = share[start : start + 2 * hidden]
+                    unit = p * units + u
+                    want = w_lstm[layer, gate * hidden + unit] if unit < hidden else zeros_lstm
+                    assert torch.equal(got, want), (p, layer, gate, u)
+        offset = layers * 4 * units * 2 * hidden
+        for weight, per, width in ((w_pred, rj, hidden), (w_out, rn, joint)):
+            for r in range(per):
+                got = share[offset + r * width : offset + (r + 1) * width]
+                row = p * per + r
+                want = weight[row] if row < weight.shape[0] else torch.zeros(width, dtype=dtype)
+                assert torch.equal(got, want), (p, r)
+            offset += per * width
+
+
+def test_refusals(synth_models: SynthModels) -> None:
+    """Too many rows: ValueError; float32 weights or a CPU device: KernelUnavailable (which
+    cuda_runner takes as "fall back"), before any CUDA call."""
+    net = synth_models.model("tiny").network
+    cfg = net.cfg.decoding
+    args = (net.decoder, net.joint)
+    with pytest.raises(ValueError, match=f"at most {MAX_ROWS} rows"):
+        KernelLoopDecoder(*args, MAX_ROWS + 1, 8, cfg.durations, 2, torch.device("cuda"))
+    with pytest.raises(KernelUnavailable, match="bf16 or fp16"):
+        KernelLoopDecoder(*args, 1, 8, cfg.durations, 2, torch.device("cuda"), torch.float32)
+    with pytest.raises(KernelUnavailable, match="CUDA"):
+        KernelLoopDecoder(*args, 1, 8, cfg.durations, 2, torch.device("cpu"))
+    assert not KernelLoopDecoder.supports(net)  # the tiny model's encoder runs in float32
+
+
+# Batches in a row on one machine of 4 rows: lengths (0 = an empty row), scale, seed.
+BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9], 0.3, 1)]
+
+
+def _cuda_parts(synth_models: SynthModels, layers: int | None = None):  # type: ignore[no-untyped-def]
+    import copy
+
+    from test_triton_loop import other_depth
+
+    net = copy.deepcopy(synth_models.model("tiny").network).to("cuda")
+    decoder = other_depth(net, layers)[0] if layers else net.decoder
+    return net, decoder
+
+
+def _rounded(decoder, joint, dtype):  # type: ignore[no-untyped-def]
+    """Copies of decoder and joint whose weight matrices are rounded to ``dtype``."""
+    import copy
+
+    decoder, joint = copy.deepcopy(decoder), copy.deepcopy(joint)
+    lstm = decoder.prediction.dec_rnn.lstm
+    matrices = [p for n, p in lstm.named_parameters() if n.startswith("weight")]
+    with torch.no_grad():
+        for weight in [*matrices, joint.pred.weight, joint.joint_net[2].weight]:
+            weight.copy_(weight.to(dtype).float())
+    return decoder, joint
+
+
+def _outcome(hyps):  # type: ignore[no-untyped-def]
+    return [(h.token_ids, h.frames, h.durations, h.steps) for h in hyps]
+
+
+@CUDA
+@pytest.mark.parametrize("layers", [None, 1, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_kernel_decodes_as_the_torch_machine(
+    synth_models: SynthModels, dtype: torch.dtype, layers: int | None
+) -> None:
+    """Several batches in a row on one 4-row machine (nothing of a decode may leak into the
+    next): rows of different lengths, an empty row, a batch where nothing is emitted, the
+    max-symbols cap; the prediction after the last emission (every layer's state feeds it)
+    agrees to float32 rounding."""
+    from test_triton_decoding import random_enc_proj
+
+    net, decoder = _cuda_parts(synth_models, layers)
+    dev = torch.device("cuda")
+    durations = net.cfg.decoding.durations
+    ref_parts = _rounded(decoder, net.joint, dtype)
+    ref = StepDecoder(*ref_parts, 4, 20, durations, MAX_SYMBOLS, dev)
+    kernel = KernelLoopDecoder(decoder, net.joint, 4, 20, durations, MAX_SYMBOLS, dev, dtype)
+    assert kernel.partition.blocks > 1  # the grid barriers are really exercised
+    emitted, capped = 0, False
+    for lengths, scale, seed in BATCHES:
+        enc, lens = random_enc_proj(net, lengths, max(lengths), scale, seed, "cuda")
+        want = _outcome(decode_with_steps(ref, enc, lens, None))
+        assert _outcome(decode_with_steps(kernel, enc, lens, None)) == want, (lengths, seed)
+        rows = len(lengths)
+        torch.testing.assert_close(
+            kernel.shared_pred[:rows], ref.pred_proj[:rows], rtol=1e-4, atol=1e-5
+        )
+        assert [h[3] > 0 for h in want] == [n > 0 for n in lengths]
+        emitted += sum(len(h[0]) for h in want)
+        capped = capped or any(
+            h[1][i] == h[1][i + MAX_SYMBOLS - 1] for h in want for i in range(len(h[1]) - 1)
+        )
+    assert emitted >= 20 and capped
+
+
+@CUDA
+def test_nothing_to_decode(synth_models: SynthModels) -> None:
+    from test_triton_decoding import random_enc_proj
+
+    net, decoder = _cuda_parts(synth_models)
+    durations = net.cfg.decoding.durations
+    dev = torch.device("cuda")
+    kernel = KernelLoopDecoder(decoder, net.joint, 2, 8, durations, MAX_SYMBOLS, dev)
+    enc, lens = random_enc_proj(net, [0, 0], 8, 1.5, 0, "cuda")
+    assert _outcome(decode_with_steps(kernel, enc, lens, None)) == [([], [], [], 0)] * 2
