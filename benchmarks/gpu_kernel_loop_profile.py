@@ -31,16 +31,16 @@ from budgie import cuda_driver, cuda_loop  # noqa: E402
 from budgie.cuda_loop import KernelLoopDecoder  # noqa: E402
 from budgie.gpu_decoding import StepDecoder  # noqa: E402
 
-SLOTS = (
+SLOTS = (  # the kernel's PROFILE slots (kernels/tdt_loop.cu)
     "joint_load",
     "joint_product",
     "joint_barrier",
     "select",
-    "lstm_load",
-    "lstm_product",
-    "lstm_barrier",
-    "projection",
-    "projection_barrier",
+    "layer0_from_table",
+    "emit_barrier_waits",
+    "emit_input_loads",
+    "emit_products_and_cells",
+    "recurrent_products_while_waiting",
     "loop_control",
 )
 

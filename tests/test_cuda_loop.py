@@ -26,8 +26,8 @@ def test_partition_of_parakeet_sizes() -> None:
     block, 129 blocks (the joint's rows need the most), ~140 KB of shared memory a block."""
     part = Partition.over(132, 640, 640, 1030)
     assert part == Partition(blocks=129, units=5, pred_rows=5, joint_rows=8)
-    assert part.block_elements(2, 640, 640) == 2 * 20 * 1280 + 5 * 640 + 8 * 640
-    assert 130_000 < part.shared_bytes(4, 2, 640, 640) < 227 * 1024
+    assert part.block_elements(2, 640, 640) == 3 * 20 * 640 + 5 * 640 + 8 * 640
+    assert 100_000 < part.shared_bytes(4, 2, 640, 640) < 227 * 1024
     few = Partition.over(4, 10, 6, 9)  # more rows per block than blocks' worth of rows
     assert few == Partition(blocks=4, units=3, pred_rows=2, joint_rows=3)
     assert Partition.over(200, 64, 64, 40).blocks == 64  # blocks without rows are not launched
@@ -40,38 +40,40 @@ def test_partition_of_parakeet_sizes() -> None:
 def test_packed_layout(
     dtype: torch.dtype, blocks: int, hidden: int, joint: int, outputs: int, layers: int
 ) -> None:
-    """Every weight lands where the kernel looks for it: block p, layer l, gate g, unit u at
-    row g*U + u of the layer's 4U rows (u < U, unit p*U + u), then W_pred's and W_out's rows
-    p*R + r; anything past a matrix's end is zero."""
+    """Every weight lands where the kernel looks for it: in block p, the 4U gate rows of W_hh_0,
+    then of W_ih_l and W_hh_l for l >= 1 (row g*U + u: gate g of unit p*U + u), then W_pred's
+    and W_out's rows p*R + r; anything past a matrix's end is zero."""
     gen = torch.Generator().manual_seed(0)
-    w_lstm = torch.randn(layers, 4 * hidden, 2 * hidden, generator=gen).to(dtype)
+    w_ih = torch.randn(layers, 4 * hidden, hidden, generator=gen).to(dtype)
+    w_hh = torch.randn(layers, 4 * hidden, hidden, generator=gen).to(dtype)
     w_pred = torch.randn(joint, hidden, generator=gen).to(dtype)
     w_out = torch.randn(outputs, joint, generator=gen).to(dtype)
     part = Partition.over(blocks, hidden, joint, outputs)
-    packed = pack_weights(w_lstm, w_pred, w_out, part)
+    packed = pack_weights(w_ih, w_hh, w_pred, w_out, part)
     assert packed.dtype == dtype
     assert packed.shape == (part.blocks, part.block_elements(layers, hidden, joint))
     units, rj, rn = part.units, part.pred_rows, part.joint_rows
-    zeros_lstm = torch.zeros(2 * hidden, dtype=dtype)
+    gate_matrices = [w_hh[0]] + [w[layer] for layer in range(1, layers) for w in (w_ih, w_hh)]
     for p in range(part.blocks):
         share = packed[p]
-        for layer in range(layers):
-            base = layer * 4 * units * 2 * hidden
+        offset = 0
+        for matrix in gate_matrices:
             for gate in range(4):
                 for u in range(units):
-                    start = base + (gate * units + u) * 2 * hidden
-                    got = share[start : start + 2 * hidden]
+                    got = share[offset : offset + hidden]
                     unit = p * units + u
-                    want = w_lstm[layer, gate * hidden + unit] if unit < hidden else zeros_lstm
-                    assert torch.equal(got, want), (p, layer, gate, u)
-        offset = layers * 4 * units * 2 * hidden
+                    inside = unit < hidden
+                    want = matrix[gate * hidden + unit] if inside else torch.zeros_like(got)
+                    assert torch.equal(got, want), (p, gate, u)
+                    offset += hidden
         for weight, per, width in ((w_pred, rj, hidden), (w_out, rn, joint)):
             for r in range(per):
-                got = share[offset + r * width : offset + (r + 1) * width]
+                got = share[offset : offset + width]
                 row = p * per + r
                 want = weight[row] if row < weight.shape[0] else torch.zeros(width, dtype=dtype)
                 assert torch.equal(got, want), (p, r)
-            offset += per * width
+                offset += width
+        assert offset == share.numel()
 
 
 def test_refusals(synth_models: SynthModels) -> None:

@@ -75,41 +75,52 @@ class Partition:
         return cls(used, units, pred_rows, joint_rows)
 
     def block_elements(self, layers: int, hidden: int, joint_hidden: int) -> int:
-        """16-bit weights per block: L x 4U rows of [w_ih | w_hh], RJ of W_pred, RN of W_out."""
-        lstm = layers * 4 * self.units * 2 * hidden
-        return lstm + self.pred_rows * hidden + self.joint_rows * joint_hidden
+        """16-bit weights per block: 4U gate rows of W_hh_0, of W_ih_l and W_hh_l for each
+        layer l >= 1 (layer 0's input product comes from the label table), RJ rows of W_pred,
+        RN of W_out."""
+        gates = (2 * layers - 1) * 4 * self.units * hidden
+        return gates + self.pred_rows * hidden + self.joint_rows * joint_hidden
 
     def shared_bytes(self, rows: int, layers: int, hidden: int, joint_hidden: int) -> int:
-        """The shared memory of the kernel compiled for ``rows`` rows: the weights, then float32
-        inputs, products, the units' c and the argmax scratch (the layout at the top of
-        tdt_decode_loop)."""
+        """The shared memory of the kernel compiled for ``rows`` rows: the weights, then the
+        float32 data (the layout at the top of tdt_decode_loop: inputs, products, recurrent
+        terms, the units' c, biases, argmax scratch)."""
         weights = 16 * _cdiv(2 * self.block_elements(layers, hidden, joint_hidden), 16)
-        products = max(4 * self.units, self.pred_rows, self.joint_rows)
-        floats = rows * max(2 * hidden, joint_hidden) + rows * products
-        floats += layers * rows * self.units + 4 * WARPS
+        gates = 4 * self.units
+        floats = rows * max(hidden, joint_hidden) + rows * max(
+            gates, self.pred_rows, self.joint_rows
+        )
+        floats += layers * rows * gates + layers * rows * self.units
+        floats += layers * gates + self.pred_rows + self.joint_rows + 4 * WARPS
         return weights + 4 * floats
 
 
-def pack_weights(w_lstm: Tensor, w_pred: Tensor, w_out: Tensor, part: Partition) -> Tensor:
-    """[blocks, block_elements] 16-bit weights, block p's share contiguous: per LSTM layer its
-    4U gate rows (gate-major: row g*U + u is gate g of unit p*U + u), then its RJ rows of
-    W_pred and its RN rows of W_out; rows past a matrix's end are zeros.
-
-    w_lstm: [L, 4H, 2H] ([w_ih | w_hh] per layer, gates i, f, g, o), w_pred: [J, H], w_out:
-    [N, J]."""
-    layers, gate_rows, width = w_lstm.shape
+def pack_weights(
+    w_ih: Tensor, w_hh: Tensor, w_pred: Tensor, w_out: Tensor, part: Partition
+) -> Tensor:
+    """[blocks, block_elements] 16-bit weights, block p's share contiguous: the 4U gate rows
+    (gate-major: row g*U + u is gate g of unit p*U + u) of W_hh_0, then of W_ih_l and W_hh_l
+    for l = 1.., then its RJ rows of W_pred and its RN rows of W_out; rows past a matrix's end
+    are zeros. w_ih, w_hh: [L, 4H, H] (gates i, f, g, o), w_pred: [J, H], w_out: [N, J]."""
+    layers, gate_rows, width = w_hh.shape
     hidden = gate_rows // 4
     blocks, units = part.blocks, part.units
-    lstm = w_lstm.new_zeros(layers, 4, blocks * units, width)
-    lstm[:, :, :hidden] = w_lstm.view(layers, 4, hidden, width)
-    lstm = lstm.view(layers, 4, blocks, units, width).permute(2, 0, 1, 3, 4)
+
+    def gates(weight: Tensor) -> Tensor:  # [4H, K] -> [blocks, 4U * K]
+        padded = weight.new_zeros(4, blocks * units, weight.shape[1])
+        padded[:, :hidden] = weight.view(4, hidden, -1)
+        return padded.view(4, blocks, units, -1).transpose(0, 1).reshape(blocks, -1)
 
     def rows(weight: Tensor, per_block: int) -> Tensor:
         padded = weight.new_zeros(blocks * per_block, weight.shape[1])
         padded[: weight.shape[0]] = weight
         return padded.view(blocks, -1)
 
-    parts = (lstm.reshape(blocks, -1), rows(w_pred, part.pred_rows), rows(w_out, part.joint_rows))
+    parts = [gates(w_hh[0])]
+    for layer in range(1, layers):
+        parts += [gates(w_ih[layer]), gates(w_hh[layer])]
+    parts += [rows(w_pred, part.pred_rows), rows(w_out, part.joint_rows)]
+    assert width == hidden, "the kernel needs the LSTM's input size to be its hidden size"
     return torch.cat(parts, dim=1).contiguous()
 
 
@@ -175,15 +186,17 @@ class KernelLoopDecoder(StepDecoder):
         assert isinstance(out, torch.nn.Linear)
         wd = weight_dtype
         with torch.no_grad():
-            w_lstm = torch.stack(
-                [torch.cat((w_ih, w_hh), dim=1) for w_ih, w_hh, _, _ in self.lstm.layers]
-            ).to(device, wd)
-            self.b_lstm = torch.stack([b_ih + b_hh for _, _, b_ih, b_hh in self.lstm.layers])
-            self.b_lstm = self.b_lstm.to(device, torch.float32).contiguous()
+            rounded = [  # the weight matrices as the kernel reads them, and the biases
+                (w_ih.to(wd), w_hh.to(wd), b_ih + b_hh)
+                for w_ih, w_hh, b_ih, b_hh in self.lstm.layers
+            ]
+            w_ih = torch.stack([w for w, _, _ in rounded]).to(device)
+            w_hh = torch.stack([w for _, w, _ in rounded]).to(device)
+            if w_ih.shape[2] != hidden:
+                raise KernelUnavailable("the LSTM's input size differs from its hidden size")
+            self.b_lstm = torch.stack([b for _, _, b in rounded]).to(device, torch.float32)
             self.b_pred = joint.pred.bias.detach().to(device, torch.float32).contiguous()
             self.b_out = out.bias.detach().to(device, torch.float32).contiguous()
-            embed = decoder.prediction.embed.weight
-            self.embed = embed.detach().to(device, torch.float32).contiguous()
             self.num_outputs = out.weight.shape[0]
             sms = torch.cuda.get_device_properties(device).multi_processor_count
             self.partition = Partition.over(sms, hidden, joint_hidden, self.num_outputs)
@@ -194,14 +207,19 @@ class KernelLoopDecoder(StepDecoder):
                 raise KernelUnavailable(f"needs {shared} bytes of shared memory, {limit} here")
             w_pred = joint.pred.weight.detach().to(device, wd)
             w_out = out.weight.detach().to(device, wd)
-            self.packed = pack_weights(w_lstm, w_pred, w_out, self.partition)
-        self._start = self.rounded_start(wd)
-        start_pred, start_h, start_c = self._start
+            self.packed = pack_weights(w_ih, w_hh, w_pred, w_out, self.partition)
+            # Layer 0's input product for every label (float64 sums: no TF32, whatever the
+            # process's matmul precision), and the start state's recurrent products.
+            embed = decoder.prediction.embed.weight.detach().to(device, torch.float64)
+            self.table = (embed @ w_ih[0].double().T).float().contiguous()
+            self._start = self.rounded_start(wd)
+            start_pred, start_h, start_c = self._start
+            start_rec = torch.einsum("lgh,lh->lg", w_hh.double(), start_h[:, 0].double())
+            self.start_rec = start_rec.float().contiguous()
         self.start_pred = start_pred[0].contiguous()
-        self.start_h = start_h[:, 0].contiguous()
         self.start_c = start_c[:, 0].contiguous()
         self.shared_pred = torch.zeros(rows, joint_hidden, device=device)
-        self.h_buffers = torch.zeros(2, layers, rows, hidden, device=device)
+        self.h_new = torch.zeros(layers, rows, hidden, device=device)
         self.step_logits = torch.zeros(2, rows, self.num_outputs, device=device)
         self.counter = torch.zeros(1, dtype=torch.int32, device=device)  # barrier arrivals
         # With ``profile``: SM cycles per part of the loop and the steps taken (the kernel's
@@ -259,8 +277,8 @@ class KernelLoopDecoder(StepDecoder):
             self.b_pred,
             self.b_out,
         )
-        tensors += (self.embed, self.durations, self.start_pred, self.start_h, self.start_c)
-        tensors += (self.shared_pred, self.h_buffers, self.step_logits, self.out, self.count)
+        tensors += (self.table, self.durations, self.start_pred, self.start_rec, self.start_c)
+        tensors += (self.shared_pred, self.h_new, self.step_logits, self.out, self.count)
         tensors += (self.steps, self.time, self.counter)
         sizes: tuple[int, ...] = (
             b,

@@ -9,12 +9,16 @@
 //   select         every block, redundantly: the argmaxes (label, duration) and the rows'
 //                  integer state (time, count, on_frame, last_frame, steps) in registers; block
 //                  0 records the step. No row emits: next step.
-//   LSTM layer l   every block: the four gate rows of its hidden units for the emitting rows,
-//                  the cell update (its units' c stays in its shared memory), the new h into
-//                  the row's other h buffer                                       -> grid barrier
-//   projection     every block: its rows of pred = W_pred @ h_top + b_pred          -> grid barrier
-// Logits alternate between two buffers, so a block that starts the next step's joint phase
-// cannot overwrite logits a slower block is still reading after a blank step.
+//   LSTM layer 0   every block, for its hidden units of the emitting rows: the gates are
+//                  table[label] (W_ih0 @ embedding, per label) + rec0 + bias, then the cell
+//                  update (its units' c stays in its shared memory), h0 into memory -> barrier
+//   LSTM layer l   the same with W_ih_l @ h_{l-1} (read from memory) + rec_l    -> barrier
+//   projection     its rows of pred = W_pred @ h_top + b_pred                    -> barrier
+// rec_l = W_hh_l @ h_l is the recurrent half of layer l's gates for the row's next emission:
+// it only changes when h_l does, so it is computed from the new h_l (already in shared memory
+// as the next phase's input) while the block waits at that phase's barrier, off the step's
+// critical path. Logits alternate between two buffers, so a block that starts the next step's
+// joint phase cannot overwrite logits a slower block is still reading after a blank step.
 
 #ifndef MAX_ROWS  // rows of the batch (1, 2 or 4): the machine's batch bucket
 #define MAX_ROWS 4
@@ -36,8 +40,9 @@
 #else
 #define MARK(slot)
 #endif
-#define PROFILE_SLOTS 10  // joint: load, product, barrier; select; LSTM: load, product,
-                          // barrier; projection: work, barrier; loop control
+#define PROFILE_SLOTS 10  // joint: load, product, barrier; select; layer 0; waits after
+                          // an emission's phases; their input loads; their products and
+                          // cells; the recurrent products; loop control
 
 typedef unsigned short u16;
 typedef long long i64;
@@ -48,10 +53,17 @@ __device__ __forceinline__ float load_l2(const float* p) {  // bypasses L1: othe
   return v;
 }
 
-// Grid-wide barrier number target / blocks. The block's threads meet, then one thread arrives
-// with a release (its block's earlier stores, ordered before it by the block barrier, become
-// visible to whoever acquires the counter) and spins with acquiring loads.
-__device__ __forceinline__ void grid_sync(unsigned* counter, unsigned target) {
+__device__ __forceinline__ float4 load4_l2(const float* p) {  // 16-byte aligned
+  float4 v;
+  asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+  return v;
+}
+
+// A grid barrier in two halves, so that a block can work on its own data in between: the
+// block's threads meet, then one thread arrives with a release (the block's earlier stores,
+// ordered before it by the block barrier, become visible to whoever acquires the counter)...
+__device__ __forceinline__ void arrive(unsigned* counter) {
   __syncthreads();
   if (threadIdx.x == 0) {
 #ifdef FENCED_BARRIER
@@ -60,12 +72,23 @@ __device__ __forceinline__ void grid_sync(unsigned* counter, unsigned target) {
 #else
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" : : "l"(counter) : "memory");
 #endif
+  }
+}
+
+// ... and later spins with acquiring loads until `target` arrivals are in.
+__device__ __forceinline__ void wait_for(unsigned* counter, unsigned target) {
+  if (threadIdx.x == 0) {
     unsigned seen;
     do {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
     } while (seen < target);
   }
   __syncthreads();
+}
+
+__device__ __forceinline__ void grid_sync(unsigned* counter, unsigned target) {
+  arrive(counter);
+  wait_for(counter, target);
 }
 
 __device__ __forceinline__ void widen2(unsigned pair, float& lo, float& hi) {
@@ -131,9 +154,13 @@ __device__ void block_argmax2(const float* p, int n, int nd, float* scratch, int
   float best = none, best_d = none;
   int at = 0x7fffffff, at_d = 0x7fffffff;
   if (threadIdx.x < nd) best_d = load_l2(p + n + threadIdx.x), at_d = threadIdx.x;
-  for (int i = threadIdx.x; i < n; i += THREADS) {
-    const float v = load_l2(p + i);
-    if (v > best) best = v, at = i;  // a thread's indices rise: strict keeps the first
+  for (int i0 = threadIdx.x; i0 < n; i0 += 4 * THREADS) {  // four loads in flight at a time
+    float v[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = i0 + j * THREADS < n ? load_l2(p + i0 + j * THREADS) : best;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)  // a thread's indices rise: strict keeps the first
+      if (v[j] > best) best = v[j], at = i0 + j * THREADS;
   }
   for (int off = 16; off > 0; off >>= 1) {
     keep_first_max(best, at, __shfl_xor_sync(0xffffffffu, best, off),
@@ -166,13 +193,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     const float* __restrict__ b_lstm,      // [L, 4H] b_ih + b_hh
     const float* __restrict__ b_pred,      // [J]
     const float* __restrict__ b_out,       // [N]
-    const float* __restrict__ embed,       // [labels, H]
+    const float* __restrict__ table,       // [labels, 4H] W_ih0 @ embedding per label
     const i64* __restrict__ dur_table,     // [N - NL] the durations
     const float* __restrict__ start_pred,  // [J] the prediction after the start blank
-    const float* __restrict__ start_h,     // [L, H]
-    const float* __restrict__ start_c,     // [L, H]
+    const float* __restrict__ start_rec,   // [L, 4H] W_hh_l @ h_l of that start state
+    const float* __restrict__ start_c,     // [L, H] and its cell states
     float* pred,                           // [MAX_ROWS, J] shared between blocks
-    float* h_buf,                          // [2, L, MAX_ROWS, H] two h per row, alternating
+    float* h_new,                          // [L, MAX_ROWS, H] the emitting rows' new h
     float* logits,                         // [2, MAX_ROWS, N] alternating per step
     i64* out, i64* count_out, i64* steps_out, i64* time_out, unsigned* counter,
     long long* profile,                    // [PROFILE_SLOTS + 1] with -DPROFILE, else unused
@@ -180,35 +207,45 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     int max_symbols) {
   extern __shared__ uint4 shared_words[];
   const int P = gridDim.x, p = blockIdx.x, tid = threadIdx.x;
-  const int ND = N - NL;
-  // Shared memory: this block's weights, then float32 scratch.
-  const size_t lstm_elems = (size_t)8 * U * H, pred_elems = (size_t)RJ * H;
-  const size_t weight_elems = L * lstm_elems + pred_elems + (size_t)RN * J;
-  u16* weights = reinterpret_cast<u16*>(shared_words);
-  const int x_stride = max(2 * H, J);
+  const int ND = N - NL, G = 4 * U;  // G: this block's gate rows per layer
+  // Shared memory: this block's weights (per layer W_ih_l's G rows but for layer 0, then
+  // W_hh_l's; W_pred's RJ rows, W_out's RN rows), then float32 data.
+  const size_t gate_elems = (size_t)G * H, pred_elems = (size_t)RJ * H;
+  const size_t weight_elems = (2 * L - 1) * gate_elems + pred_elems + (size_t)RN * J;
+  const u16* weights = reinterpret_cast<const u16*>(shared_words);
+  const u16* w_pred = weights + (2 * L - 1) * gate_elems;
+  const u16* w_out = w_pred + pred_elems;
   float* xs = reinterpret_cast<float*>(shared_words + (weight_elems * 2 + 15) / 16);
-  float* res = xs + MAX_ROWS * x_stride;  // products: [MAX_ROWS, max(4U, RJ, RN)]
-  const int res_stride = max(4 * U, max(RJ, RN));
-  float* cell = res + MAX_ROWS * res_stride;  // [L, MAX_ROWS, U] this block's units' c
-  float* scratch = cell + L * MAX_ROWS * U;   // [4 * WARPS]
+  float* res = xs + MAX_ROWS * max(H, J);     // products: [MAX_ROWS, max(G, RJ, RN)]
+  float* rec = res + MAX_ROWS * max(G, max(RJ, RN));  // [L, MAX_ROWS, G]
+  float* cell = rec + L * MAX_ROWS * G;       // [L, MAX_ROWS, U] this block's units' c
+  float* bias = cell + L * MAX_ROWS * U;      // [L, G] gates, [RJ] projection, [RN] joint
+  float* scratch = bias + L * G + RJ + RN;    // [4 * WARPS] argmax
+  const int u0 = p * U, nu = max(0, min(U, H - u0));
+  const int j0 = p * RJ, nj = max(0, min(RJ, J - j0));
+  const int n0 = p * RN, nn = max(0, min(RN, N - n0));
+  auto w_ih = [&](int l) { return weights + (size_t)(2 * l - 1) * gate_elems; };  // l >= 1
+  auto w_hh = [&](int l) { return weights + (size_t)(l == 0 ? 0 : 2 * l) * gate_elems; };
   {
     const uint4* src = reinterpret_cast<const uint4*>(packed + (size_t)p * weight_elems);
     for (size_t i = tid; i < weight_elems / 8; i += THREADS) shared_words[i] = src[i];
   }
-  const u16* w_pred = weights + L * lstm_elems;
-  const u16* w_out = w_pred + pred_elems;
-  const int u0 = p * U, nu = max(0, min(U, H - u0));
-  const int j0 = p * RJ, nj = max(0, min(RJ, J - j0));
-  const int n0 = p * RN, nn = max(0, min(RN, N - n0));
-
-  // Start state: each block writes its own units and prediction rows.
-  for (int i = tid; i < L * MAX_ROWS * U; i += THREADS) {
-    const int l = i / (MAX_ROWS * U), b = i / U % MAX_ROWS, u = i % U;
-    if (b < B && u < nu) {
-      cell[i] = start_c[l * H + u0 + u];
-      h_buf[((size_t)l * MAX_ROWS + b) * H + u0 + u] = start_h[l * H + u0 + u];
-    }
+  // Start state (the same for every row) and biases for this block's rows.
+  for (int i = tid; i < L * G; i += THREADS) {
+    const int l = i / G, g = i % G / U, u = i % U;
+    const float r = u < nu ? start_rec[(size_t)l * 4 * H + g * H + u0 + u] : 0.f;
+    bias[i] = u < nu ? b_lstm[(size_t)l * 4 * H + g * H + u0 + u] : 0.f;
+    for (int b = 0; b < MAX_ROWS; ++b) rec[(l * MAX_ROWS + b) * G + i % G] = r;
   }
+  for (int i = tid; i < L * U; i += THREADS) {
+    const int l = i / U, u = i % U;
+    for (int b = 0; b < MAX_ROWS; ++b)
+      cell[(l * MAX_ROWS + b) * U + u] = u < nu ? start_c[l * H + u0 + u] : 0.f;
+  }
+  float* bias_pred = bias + L * G;
+  float* bias_out = bias_pred + RJ;
+  for (int r = tid; r < nj; r += THREADS) bias_pred[r] = b_pred[j0 + r];
+  for (int r = tid; r < nn; r += THREADS) bias_out[r] = b_out[n0 + r];
   for (int i = tid; i < B * nj; i += THREADS) pred[(i / nj) * J + j0 + i % nj] = start_pred[j0 + i % nj];
   unsigned passed = 1;
   grid_sync(counter, passed * P);
@@ -219,12 +256,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
   i64 frames[MAX_ROWS], time[MAX_ROWS], count[MAX_ROWS], steps[MAX_ROWS], on_frame[MAX_ROWS],
       last_frame[MAX_ROWS];
   int label[MAX_ROWS];
-  unsigned parity = 0;  // bit b: which of row b's two h buffers holds its current h
-  // Row b's h of layer l in its current (new = false) or next (new = true) buffer.
-  auto h_of = [&](int l, int b, bool next) {
-    const unsigned buffer = (parity >> b & 1u) ^ (next ? 1u : 0u);
-    return h_buf + (((size_t)buffer * L + l) * MAX_ROWS + b) * H;
-  };
 #pragma unroll
   for (int b = 0; b < MAX_ROWS; ++b) {
     frames[b] = b < B ? lengths[b] : 0;
@@ -232,6 +263,31 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     last_frame[b] = -1;
     label[b] = 0;
   }
+  auto label_of = [&](int b) {  // label[b] for a b known only at run time (no local memory)
+    int value = label[0];
+#pragma unroll
+    for (int i = 1; i < MAX_ROWS; ++i)
+      if (b == i) value = label[i];
+    return value;
+  };
+  // The cell update of this block's units of layer l for the emitting rows, from the gates'
+  // input products in res ([b, G]; none for layer 0) plus rec_l and the biases.
+  auto cell_update = [&](int l, unsigned emit, bool from_res) {
+    for (int i = tid; i < MAX_ROWS * nu; i += THREADS) {
+      const int b = i / nu, u = i % nu;
+      if (!(emit >> b & 1u)) continue;
+      float gate[4];
+#pragma unroll
+      for (int g = 0; g < 4; ++g) {
+        const int r = g * U + u;
+        const float x = from_res ? res[b * G + r] : table[(size_t)label_of(b) * 4 * H + g * H + u0 + u];
+        gate[g] = x + rec[(l * MAX_ROWS + b) * G + r] + bias[l * G + r];
+      }
+      float* c = cell + (l * MAX_ROWS + b) * U + u;
+      *c = sigmoid(gate[1]) * *c + sigmoid(gate[0]) * tanhf(gate[2]);
+      h_new[((size_t)l * MAX_ROWS + b) * H + u0 + u] = sigmoid(gate[3]) * tanhf(*c);
+    }
+  };
   for (int step = 0;; ++step) {
     unsigned active = 0;
 #pragma unroll
@@ -249,8 +305,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     for (int b = 0; b < MAX_ROWS; ++b) {
       if (!(active >> b & 1u)) continue;
       const i64 frame = min(time[b], max(frames[b] - 1, (i64)0));
-      const float* e = enc + ((size_t)b * T + frame) * J;
-      for (int k = tid; k < J; k += THREADS) xs[b * J + k] = fmaxf(e[k] + load_l2(pred + b * J + k), 0.f);
+      const float4* e = reinterpret_cast<const float4*>(enc + ((size_t)b * T + frame) * J);
+      for (int k = tid; k < J / 4; k += THREADS) {
+        const float4 a = e[k], q = load4_l2(pred + b * J + 4 * k);
+        float4 z;
+        z.x = fmaxf(a.x + q.x, 0.f), z.y = fmaxf(a.y + q.y, 0.f);
+        z.z = fmaxf(a.z + q.z, 0.f), z.w = fmaxf(a.w + q.w, 0.f);
+        reinterpret_cast<float4*>(xs + b * J)[k] = z;
+      }
     }
     __syncthreads();
     MARK(0);
@@ -258,7 +320,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     __syncthreads();
     for (int i = tid; i < MAX_ROWS * nn; i += THREADS) {
       const int b = i / nn, r = i % nn;
-      if (active >> b & 1u) step_logits[b * N + n0 + r] = res[b * nn + r] + b_out[n0 + r];
+      if (active >> b & 1u) step_logits[b * N + n0 + r] = res[b * nn + r] + bias_out[r];
     }
     MARK(1);
     grid_sync(counter, ++passed * P);
@@ -269,9 +331,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
 #pragma unroll
     for (int b = 0; b < MAX_ROWS; ++b) {
       if (!(active >> b & 1u)) continue;
-      const float* row = step_logits + b * N;
       int chosen, index;
-      block_argmax2(row, NL, ND, scratch, chosen, index);
+      block_argmax2(step_logits + b * N, NL, ND, scratch, chosen, index);
       i64 dur = dur_table[index];
       if (chosen == blank && dur == 0) dur = 1;
       const bool emits = chosen != blank;
@@ -295,59 +356,44 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     MARK(3);
     if (!emit) continue;
 
-    // LSTM layers, then the projection, for the emitting rows.
-    for (int l = 0; l < L; ++l) {
+    // Layer 0 straight from the table (no barrier since the select), then the layers above
+    // and the projection, each from the previous phase's h in memory. While waiting at the
+    // barrier after a phase, the block computes the recurrent half of the layer whose new h
+    // is its input (rec_{l-1} = W_hh_{l-1} @ h_{l-1}) for the next emission.
+    cell_update(0, emit, false);
+    MARK(4);
+    arrive(counter);
+    for (int l = 1; l <= L; ++l) {
+      wait_for(counter, ++passed * P);
+      MARK(5);
 #pragma unroll
       for (int b = 0; b < MAX_ROWS; ++b) {
         if (!(emit >> b & 1u)) continue;
-        const float* h_old = h_of(l, b, false);
-        if (l == 0) {  // the input: the label's embedding, or the layer below's new h
-          const float* x = embed + (size_t)label[b] * H;
-          for (int k = tid; k < H; k += THREADS) xs[b * 2 * H + k] = x[k];
-        } else {
-          const float* x = h_of(l - 1, b, true);
-          for (int k = tid; k < H; k += THREADS) xs[b * 2 * H + k] = load_l2(x + k);
-        }
-        for (int k = tid; k < H; k += THREADS) xs[b * 2 * H + H + k] = load_l2(h_old + k);
+        const float* below = h_new + ((size_t)(l - 1) * MAX_ROWS + b) * H;
+        for (int k = tid; k < H / 4; k += THREADS)
+          reinterpret_cast<float4*>(xs + b * H)[k] = load4_l2(below + 4 * k);
       }
       __syncthreads();
-      MARK(4);
-      products(weights + l * lstm_elems, 4 * U, 2 * H, xs, emit, res);
-      __syncthreads();
-      for (int i = tid; i < MAX_ROWS * nu; i += THREADS) {
-        const int b = i / nu, u = i % nu;
-        if (!(emit >> b & 1u)) continue;
-        const float* gates = res + b * 4 * U;
-        const float* bias = b_lstm + (size_t)l * 4 * H + u0 + u;
-        const float in = sigmoid(gates[u] + bias[0]);
-        const float forget = sigmoid(gates[U + u] + bias[H]);
-        const float g = tanhf(gates[2 * U + u] + bias[2 * H]);
-        const float o = sigmoid(gates[3 * U + u] + bias[3 * H]);
-        float* c = cell + (l * MAX_ROWS + b) * U + u;
-        *c = forget * *c + in * g;
-        h_of(l, b, true)[u0 + u] = o * tanhf(*c);
-      }
-      MARK(5);
-      grid_sync(counter, ++passed * P);
       MARK(6);
+      if (l < L) {
+        products(w_ih(l), G, H, xs, emit, res);
+        __syncthreads();
+        cell_update(l, emit, true);
+      } else {
+        products(w_pred, nj, H, xs, emit, res);
+        __syncthreads();
+        for (int i = tid; i < MAX_ROWS * nj; i += THREADS) {
+          const int b = i / nj, r = i % nj;
+          if (emit >> b & 1u) pred[b * J + j0 + r] = res[b * nj + r] + bias_pred[r];
+        }
+      }
+      MARK(7);
+      arrive(counter);
+      products(w_hh(l - 1), G, H, xs, emit, rec + (l - 1) * MAX_ROWS * G);
+      MARK(8);
     }
-#pragma unroll
-    for (int b = 0; b < MAX_ROWS; ++b) {
-      if (!(emit >> b & 1u)) continue;
-      const float* top = h_of(L - 1, b, true);
-      for (int k = tid; k < H; k += THREADS) xs[b * H + k] = load_l2(top + k);
-    }
-    __syncthreads();
-    products(w_pred, nj, H, xs, emit, res);
-    __syncthreads();
-    for (int i = tid; i < MAX_ROWS * nj; i += THREADS) {
-      const int b = i / nj, r = i % nj;
-      if (emit >> b & 1u) pred[b * J + j0 + r] = res[b * nj + r] + b_pred[j0 + r];
-    }
-    MARK(7);
-    grid_sync(counter, ++passed * P);
-    MARK(8);
-    parity ^= emit;
+    wait_for(counter, ++passed * P);
+    MARK(5);
   }
 #ifdef PROFILE
   if (p == 0 && tid == 0) {
