@@ -251,6 +251,63 @@ def test_loop_decoder_failure_falls_back_to_steps(
     assert runner.loop_decoder is None  # not tried again
 
 
+class _FakeKernel(_FakeLoop):
+    """Stands in for the shared-memory CUDA machine: only for networks it says it supports."""
+
+    supported = True
+
+    @classmethod
+    def supports(cls, network: ParakeetTDT) -> bool:
+        return cls.supported
+
+
+class _BrokenKernel(_FakeKernel):
+    def warm_up(self) -> None:
+        raise RuntimeError("no NVRTC here")
+
+
+@pytest.mark.parametrize(("supported", "batch"), [(True, 1), (True, 4), (False, 1), (True, 8)])
+def test_kernel_machine_first_where_it_supports_the_network(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch, supported: bool, batch: int
+) -> None:
+    """The shared-memory kernel machine before the Triton loop, for networks it supports (16-bit
+    weights) up to its max_batch; otherwise the Triton loop (up to its own max_batch) as before,
+    without a warning."""
+    monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
+    monkeypatch.setattr(_FakeKernel, "supported", supported)
+    runner = cuda_runner.CudaRunner(synth_models.model("tiny").network)
+    runner.triton_decoder, runner.loop_decoder = _FakeTriton, _FakeLoop
+    runner.kernel_decoder = _FakeKernel
+    machine, graph = runner._decoder_machine(batch, 512, torch.device("cpu"), graphed=True)
+    want = _FakeKernel if supported and batch <= 4 else _FakeLoop if batch <= 4 else _FakeTriton
+    assert type(machine) is want and (graph is None) == (batch <= 4)
+    assert runner.kernel_decoder is _FakeKernel  # still there for the next shape
+
+
+def test_kernel_machine_failure_falls_back_to_the_triton_loop(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
+    runner = cuda_runner.CudaRunner(synth_models.model("tiny").network)
+    runner.triton_decoder, runner.loop_decoder = _FakeTriton, _FakeLoop
+    runner.kernel_decoder = _BrokenKernel
+    with pytest.warns(RuntimeWarning, match="shared-memory CUDA decoder unavailable.*NVRTC"):
+        machine, graph = runner._decoder_machine(1, 512, torch.device("cpu"), graphed=True)
+    assert type(machine) is _FakeLoop and graph is None
+    assert runner.kernel_decoder is None  # not tried again
+
+
+def test_kernel_machine_lookup_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BUDGIE_CUDA_KERNEL=0: no kernel machine; otherwise cuda_loop's class, found without
+    Triton and refusing float32 networks (the tiny one)."""
+    monkeypatch.setenv("BUDGIE_CUDA_KERNEL", "0")
+    assert cuda_runner.kernel_loop_decoder() is None
+    monkeypatch.setenv("BUDGIE_CUDA_KERNEL", "1")
+    from budgie.cuda_loop import KernelLoopDecoder
+
+    assert cuda_runner.kernel_loop_decoder() is KernelLoopDecoder
+
+
 def _decode_four_times(
     net: ParakeetTDT, device: str
 ) -> tuple[list[list[Hypothesis]], list[StepDecoder], cuda_runner.CudaRunner]:

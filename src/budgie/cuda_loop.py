@@ -91,7 +91,7 @@ class Partition:
             gates, self.pred_rows, self.joint_rows
         )
         floats += layers * rows * gates + layers * rows * self.units
-        floats += layers * gates + self.pred_rows + self.joint_rows + 4 * WARPS
+        floats += layers * gates + self.pred_rows + self.joint_rows + rows * 4 * WARPS
         return weights + 4 * floats
 
 
@@ -125,7 +125,8 @@ def pack_weights(
 
 
 _kernels: dict[tuple[int, tuple[str, ...], int], Kernel] = {}
-_kernels_lock = threading.Lock()
+_cubins: dict[tuple[str, tuple[str, ...]], bytes] = {}
+_lock = threading.Lock()  # one compile of a kernel at a time, whichever thread asks
 
 
 def kernel_options(dtype: torch.dtype, rows: int, profile: bool = False) -> tuple[str, ...]:
@@ -138,15 +139,42 @@ def kernel_options(dtype: torch.dtype, rows: int, profile: bool = False) -> tupl
     return tuple(options)
 
 
+def compiled(arch: str, options: tuple[str, ...]) -> bytes:
+    """The kernel's cubin for ``arch`` and ``options``: compiled once per process (2-3 s with
+    NVRTC on the device hosts) and kept on disk across processes (cuda_driver.cached_cubin)."""
+    with _lock:
+        key = (arch, options)
+        if key not in _cubins:
+            _cubins[key] = cuda_driver.cached_cubin(SOURCE.read_text(), KERNEL, arch, options)
+        return _cubins[key]
+
+
+def compile_in_background(device: torch.device, dtype: torch.dtype) -> threading.Thread | None:
+    """Compile the batch-1 kernel for ``dtype`` in a daemon thread (NVRTC releases the
+    interpreter lock), so that the first shape that wants it (a shape's second use, when its
+    graphs are due) does not wait for the compiler; None where it cannot apply."""
+    if dtype not in WEIGHT_DTYPES or device.type != "cuda":
+        return None
+    arch = cuda_driver.arch_of(device)
+
+    def run() -> None:
+        try:
+            compiled(arch, kernel_options(dtype, 1))
+        except Exception:  # the machine's own build reports it, and falls back
+            return
+
+    thread = threading.Thread(target=run, name="budgie-nvrtc", daemon=True)
+    thread.start()
+    return thread
+
+
 def load_kernel(device: torch.device, options: tuple[str, ...], shared_bytes: int) -> Kernel:
-    """The kernel compiled with ``options`` on ``device`` (compiled once per process, the cubin
-    cached on disk across processes)."""
+    """The kernel compiled with ``options``, loaded on ``device`` (once per process)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
+    cubin = compiled(cuda_driver.arch_of(device), options)
     key = (index, options, shared_bytes)
-    with _kernels_lock:
+    with _lock:
         if key not in _kernels:
-            arch = cuda_driver.arch_of(device)
-            cubin = cuda_driver.cached_cubin(SOURCE.read_text(), KERNEL, arch, options)
             _kernels[key] = Kernel(cubin, KERNEL, device, shared_bytes)
         return _kernels[key]
 

@@ -8,11 +8,11 @@ do not depend on the bucket) to keep the number of graphs small. Decoding replay
 
 Graphs are captured lazily, the second time a shape bucket is seen (the first call runs eagerly,
 so a one-off transcript never pays for a capture), and kept for the life of the model. Up to
-the loop decoder's max_batch (4) rows a batch then decodes in one launch of a persistent Triton
-kernel (triton_loop.py, no graph); up to ``TRITON_MAX_BATCH`` rows the captured decoder step is
-the Triton one (triton_decoding.py), and larger batches are decoded in slices of that many rows;
-in
-bf16/fp16 the captured encoder layers run with Triton-fused elementwise kernels
+4 rows a batch then decodes in one launch of a persistent kernel, no graph: in bf16/fp16 the
+CUDA C++ one that keeps the decoder's weights in shared memory (cuda_loop.py), else (or where it
+cannot build) the Triton one (triton_loop.py); up to ``TRITON_MAX_BATCH`` rows the captured
+decoder step is the Triton one (triton_decoding.py), and larger batches are decoded in slices of
+that many rows; in bf16/fp16 the captured encoder layers run with Triton-fused elementwise kernels
 (triton_encoder.py; float32 keeps the eager layers).
 
 torch.compile is opt-in: ``BUDGIE_COMPILE=encoder,decoder`` (or ``all``) compiles one conformer
@@ -131,6 +131,26 @@ def loop_decoder() -> type[StepDecoder] | None:
     return cast("type[StepDecoder] | None", _triton_part("budgie.triton_loop", "LoopDecoder"))
 
 
+def kernel_loop_decoder() -> type[StepDecoder] | None:
+    """The shared-memory CUDA kernel machine (cuda_loop.py; it needs no Triton), unless
+    BUDGIE_CUDA_KERNEL=0."""
+    if os.environ.get("BUDGIE_CUDA_KERNEL", "1") == "0":
+        return None
+    from budgie.cuda_loop import KernelLoopDecoder
+
+    return KernelLoopDecoder
+
+
+def precompile_kernel(device: torch.device, dtype: torch.dtype) -> object | None:
+    """Start compiling the shared-memory kernel for batch 1 in the background (see
+    cuda_loop.compile_in_background): None where it does not apply."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return None
+    from budgie.cuda_loop import compile_in_background
+
+    return compile_in_background(device, dtype)
+
+
 def fused_layer_runner(network: ParakeetTDT) -> LayerRunner | None:
     """The Triton-fused layer (triton_encoder.py) for 16-bit encoder weights; None in float32
     (kept exactly eager), or when Triton is missing or not allowed."""
@@ -236,6 +256,7 @@ class CudaRunner:
         # class to choose).
         self._triton_decoder: type[StepDecoder] | object | None = _UNRESOLVED
         self._loop_decoder: type[StepDecoder] | object | None = _UNRESOLVED
+        self._kernel_decoder: type[StepDecoder] | object | None = _UNRESOLVED
         self.fused_encoder = True  # Triton-fused layers in 16-bit when available
         self.fused_subsampling = True  # and the fused subsampling kernels with them
         self._layer_runner: LayerRunner | None = None
@@ -247,6 +268,10 @@ class CudaRunner:
         self._final_decoders: set[tuple[int, int]] = set()  # built for repeated use
         self._host_lengths: Tensor | None = None  # pinned, for the decoded lengths
         self._uses: dict[tuple[str, int, int], int] = {}
+        self._compiling = None  # the shared-memory kernel's NVRTC compile, started early
+        if use_graphs and self.kernel_decoder is not None:
+            device = next(network.parameters()).device
+            self._compiling = precompile_kernel(device, network.encoder.matmul_dtype)
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
         self._steps_per_frame = 0.25
@@ -272,6 +297,17 @@ class CudaRunner:
     @loop_decoder.setter
     def loop_decoder(self, machine: type[StepDecoder] | None) -> None:
         self._loop_decoder = machine
+
+    @property
+    def kernel_decoder(self) -> type[StepDecoder] | None:
+        """The shared-memory CUDA kernel machine class (None: not available or not wanted)."""
+        if self._kernel_decoder is _UNRESOLVED:
+            self._kernel_decoder = kernel_loop_decoder()
+        return cast("type[StepDecoder] | None", self._kernel_decoder)
+
+    @kernel_decoder.setter
+    def kernel_decoder(self, machine: type[StepDecoder] | None) -> None:
+        self._kernel_decoder = machine
 
     def _graph_now(self, kind: str, key: tuple[int, int]) -> bool:
         """True from the second use of a shape on: one-off shapes stay eager."""
@@ -355,21 +391,30 @@ class CudaRunner:
     def _decoder_machine(
         self, batch: int, frames: int, device: torch.device, graphed: bool
     ) -> tuple[StepDecoder, GraphedStepDecoder | None]:
-        """A step machine for (batch, frames): when graphs are due, the one-launch loop machine
-        (no graph) up to its max_batch, then the Triton one in a graph up to TRITON_MAX_BATCH
+        """A step machine for (batch, frames): when graphs are due, a one-launch machine (no
+        graph) up to its max_batch (the shared-memory CUDA kernel for 16-bit weights, else the
+        Triton loop), then the Triton one in a graph up to TRITON_MAX_BATCH
         (TRITON_MAX_BATCH_COMPILED when the torch step is compiled), else the torch one
         (graphed; compiled when asked). For a shape's first use, the torch step, in a graph
         on CUDA (GRAPH_FIRST_DECODE)."""
         net = self.network
-        loop = self.loop_decoder if graphed else None  # (a first use needs no Triton)
-        if graphed and loop is not None and batch <= getattr(loop, "max_batch", 0):
 
-            def one_launch() -> tuple[StepDecoder, None]:
-                machine = loop.for_network(net, batch, frames, device)
+        def one_launch(kind: type[StepDecoder]) -> Callable[[], tuple[StepDecoder, None]]:
+            def build() -> tuple[StepDecoder, None]:
+                machine = kind.for_network(net, batch, frames, device)
                 machine.warm_up()
                 return machine, None
 
-            built = self._try_triton("loop_decoder", "one-launch Triton decoder", one_launch)
+            return build
+
+        for attribute, what in (
+            ("kernel_decoder", "shared-memory CUDA decoder"),
+            ("loop_decoder", "one-launch Triton decoder"),
+        ):
+            kind = getattr(self, attribute) if graphed else None  # (a first use needs neither)
+            if kind is None or batch > getattr(kind, "max_batch", 0) or not kind.supports(net):
+                continue
+            built = self._try_build(attribute, what, one_launch(kind))
             if built is not None:
                 return built
         limit = TRITON_MAX_BATCH_COMPILED if self.compile_decoder else TRITON_MAX_BATCH
@@ -380,7 +425,7 @@ class CudaRunner:
                 machine = step.for_network(net, batch, frames, device)
                 return machine, GraphedStepDecoder(machine, False)
 
-            built = self._try_triton("triton_decoder", "Triton decoder step", graphed_steps)
+            built = self._try_build("triton_decoder", "Triton decoder step", graphed_steps)
             if built is not None:
                 return built
         machine = StepDecoder.for_network(net, batch, frames, device)
@@ -390,14 +435,14 @@ class CudaRunner:
             return machine, GraphedStepDecoder(machine, False)  # a one-off: not compiled
         return machine, None
 
-    def _try_triton(
+    def _try_build(
         self,
         attribute: str,
         what: str,
         build: Callable[[], tuple[StepDecoder, GraphedStepDecoder | None]],
     ) -> tuple[StepDecoder, GraphedStepDecoder | None] | None:
-        """``build()``, or None with one warning when it fails (e.g. Triton cannot compile for
-        this GPU); the machine kind in ``attribute`` is then not tried again."""
+        """``build()``, or None with one warning when it fails (e.g. Triton or NVRTC cannot
+        compile for this GPU); the machine kind in ``attribute`` is then not tried again."""
         try:
             return build()
         except Exception as exc:

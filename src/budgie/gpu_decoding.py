@@ -138,6 +138,11 @@ class StepDecoder:
         """Extra constructor arguments a subclass takes from the network (none here)."""
         return {}
 
+    @classmethod
+    def supports(cls, network: ParakeetTDT) -> bool:
+        """Whether this kind of machine can decode for ``network`` at all (all can here)."""
+        return True
+
     @torch.inference_mode()
     def reset(self, enc_proj: Tensor, lengths: Tensor) -> None:
         """Load a batch (enc_proj [b, t, J] with b <= batch, t <= max_frames) and start over."""

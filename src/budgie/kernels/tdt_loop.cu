@@ -113,10 +113,13 @@ __device__ __forceinline__ float dot8(uint4 w, const float* x) {
 }
 
 // out[b * R + r] = W[r, :K] . x[b, :K] for the rows b in `rows` (a bit mask), W being R rows of
-// K 16-bit weights in shared memory, x float32 rows of stride K in shared memory (K % 8 == 0).
-__device__ void products(const u16* W, int R, int K, const float* x, unsigned rows, float* out) {
-  const int group = threadIdx.x / GROUP, lane = threadIdx.x % GROUP;
-  for (int r0 = 0; r0 < R; r0 += GROUPS) {  // every lane runs every round: whole-warp shuffles
+// K 16-bit weights in shared memory, x float32 rows of stride K in shared memory (K % 8 == 0),
+// LANES lanes of a warp per output row.
+template <int LANES>
+__device__ void products_by(const u16* W, int R, int K, const float* x, unsigned rows, float* out) {
+  constexpr int groups = THREADS / LANES;
+  const int group = threadIdx.x / LANES, lane = threadIdx.x % LANES;
+  for (int r0 = 0; r0 < R; r0 += groups) {  // every lane runs every round: whole-warp shuffles
     const int r = r0 + group;
     float acc[MAX_ROWS];
 #pragma unroll
@@ -124,7 +127,7 @@ __device__ void products(const u16* W, int R, int K, const float* x, unsigned ro
     if (r < R) {
       const uint4* w_row = reinterpret_cast<const uint4*>(W + (size_t)r * K);
 #pragma unroll 4
-      for (int c = lane; c < K / 8; c += GROUP) {
+      for (int c = lane; c < K / 8; c += LANES) {
         const uint4 w = w_row[c];
 #pragma unroll
         for (int b = 0; b < MAX_ROWS; ++b)
@@ -133,7 +136,7 @@ __device__ void products(const u16* W, int R, int K, const float* x, unsigned ro
     }
 #pragma unroll
     for (int b = 0; b < MAX_ROWS; ++b)
-      for (int off = GROUP / 2; off > 0; off >>= 1) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+      for (int off = LANES / 2; off > 0; off >>= 1) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
     if (r < R && lane == 0) {
 #pragma unroll
       for (int b = 0; b < MAX_ROWS; ++b)
@@ -142,46 +145,94 @@ __device__ void products(const u16* W, int R, int K, const float* x, unsigned ro
   }
 }
 
-__device__ __forceinline__ void keep_first_max(float& best, int& at, float v, int i) {
-  if (v > best || (v == best && i < at)) best = v, at = i;
+// A whole warp per output row when there are few rows, else half a warp (more rows at once).
+__device__ __forceinline__ void products(const u16* W, int R, int K, const float* x, unsigned rows,
+                                         float* out) {
+  if (R <= WARPS)
+    products_by<32>(W, R, K, x, rows, out);
+  else
+    products_by<16>(W, R, K, x, rows, out);
 }
 
-// The first index of the maximum (torch.argmax's choice among ties) of p[0..n) and of
-// p[n..n + nd) (nd <= THREADS), for the whole block in one pass; `scratch` holds 4 * WARPS
-// words. Every thread gets both answers.
-__device__ void block_argmax2(const float* p, int n, int nd, float* scratch, int& label, int& index) {
-  const float none = -__int_as_float(0x7f800000);
-  float best = none, best_d = none;
-  int at = 0x7fffffff, at_d = 0x7fffffff;
-  if (threadIdx.x < nd) best_d = load_l2(p + n + threadIdx.x), at_d = threadIdx.x;
-  for (int i0 = threadIdx.x; i0 < n; i0 += 4 * THREADS) {  // four loads in flight at a time
-    float v[4];
+// Float32 -> unsigned with the same order (for whole-warp max reductions).
+__device__ __forceinline__ unsigned order_key(float v) {
+  const unsigned u = __float_as_uint(v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ unsigned warp_max(unsigned v) {
+#if __CUDA_ARCH__ >= 800
+  unsigned m;
+  asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(m) : "r"(v));
+  return m;
+#else
+  for (int off = 16; off > 0; off >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+#endif
+}
+
+__device__ __forceinline__ unsigned warp_min(unsigned v) {
+#if __CUDA_ARCH__ >= 800
+  unsigned m;
+  asm volatile("redux.sync.min.u32 %0, %1, 0xffffffff;" : "=r"(m) : "r"(v));
+  return m;
+#else
+  for (int off = 16; off > 0; off >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+#endif
+}
+
+// The first index of the largest key over the warp (and, from `best`, that key).
+__device__ __forceinline__ unsigned warp_first_max(unsigned key, unsigned at, unsigned& best) {
+  best = warp_max(key);
+  return warp_min(key == best ? at : 0xffffffffu);
+}
+
+// For every active row b of `logits` (rows of stride N): the first index of the maximum of its
+// n labels' logits (torch.argmax's choice among ties) and of its nd duration logits after them
+// (nd <= THREADS), for the whole block in one pass; `scratch` holds MAX_ROWS * 4 * WARPS words.
+// Every thread gets every answer.
+__device__ __forceinline__ void select_rows(const float* logits, int N, int n, int nd, unsigned active,
+                            unsigned* scratch, int* labels, int* indices) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = i0 + j * THREADS < n ? load_l2(p + i0 + j * THREADS) : best;
+  for (int b = 0; b < MAX_ROWS; ++b) {
+    if (!(active >> b & 1u)) continue;
+    const float* p = logits + b * N;
+    unsigned key = 0, at = 0xffffffffu, key_d = 0, at_d = 0xffffffffu;
+    if (threadIdx.x < nd) key_d = order_key(load_l2(p + n + threadIdx.x)), at_d = threadIdx.x;
+    for (int i0 = threadIdx.x; i0 < n; i0 += 4 * THREADS) {  // four loads in flight at a time
+      float v[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j)  // a thread's indices rise: strict keeps the first
-      if (v[j] > best) best = v[j], at = i0 + j * THREADS;
-  }
-  for (int off = 16; off > 0; off >>= 1) {
-    keep_first_max(best, at, __shfl_xor_sync(0xffffffffu, best, off),
-                   __shfl_xor_sync(0xffffffffu, at, off));
-    keep_first_max(best_d, at_d, __shfl_xor_sync(0xffffffffu, best_d, off),
-                   __shfl_xor_sync(0xffffffffu, at_d, off));
-  }
-  const int warp = threadIdx.x / 32;
-  __syncthreads();  // scratch may still be read by the previous call
-  if (threadIdx.x % 32 == 0) {
-    scratch[warp] = best, scratch[WARPS + warp] = __int_as_float(at);
-    scratch[2 * WARPS + warp] = best_d, scratch[3 * WARPS + warp] = __int_as_float(at_d);
+      for (int j = 0; j < 4; ++j) v[j] = i0 + j * THREADS < n ? load_l2(p + i0 + j * THREADS) : 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {  // a thread's indices rise: strict keeps the first
+        const unsigned k = order_key(v[j]);
+        if (i0 + j * THREADS < n && k > key) key = k, at = i0 + j * THREADS;
+      }
+    }
+    unsigned best, best_d;
+    at = warp_first_max(key, at, best);
+    at_d = warp_first_max(key_d, at_d, best_d);
+    if (lane == 0) {
+      unsigned* mine = scratch + b * 4 * WARPS;
+      mine[warp] = best, mine[WARPS + warp] = at;
+      mine[2 * WARPS + warp] = best_d, mine[3 * WARPS + warp] = at_d;
+    }
   }
   __syncthreads();
-  best = none, at = 0x7fffffff, best_d = none, at_d = 0x7fffffff;
-  for (int w = 0; w < WARPS; ++w) {
-    keep_first_max(best, at, scratch[w], __float_as_int(scratch[WARPS + w]));
-    keep_first_max(best_d, at_d, scratch[2 * WARPS + w], __float_as_int(scratch[3 * WARPS + w]));
-  }
-  label = at == 0x7fffffff ? 0 : at;
-  index = at_d == 0x7fffffff ? 0 : at_d;
+#pragma unroll
+  for (int b = 0; b < MAX_ROWS; ++b) {
+    if (!(active >> b & 1u)) continue;
+    const unsigned* mine = scratch + b * 4 * WARPS;
+    const bool in = lane < WARPS;
+    unsigned best;
+    const unsigned at = warp_first_max(in ? mine[lane] : 0, in ? mine[WARPS + lane] : 0xffffffffu, best);
+    const unsigned at_d = warp_first_max(in ? mine[2 * WARPS + lane] : 0,
+                                         in ? mine[3 * WARPS + lane] : 0xffffffffu, best);
+    labels[b] = at == 0xffffffffu ? 0 : (int)at;
+    indices[b] = at_d == 0xffffffffu ? 0 : (int)at_d;
+  }  // (scratch is written again only after the next grid barrier)
 }
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
@@ -220,7 +271,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
   float* rec = res + MAX_ROWS * max(G, max(RJ, RN));  // [L, MAX_ROWS, G]
   float* cell = rec + L * MAX_ROWS * G;       // [L, MAX_ROWS, U] this block's units' c
   float* bias = cell + L * MAX_ROWS * U;      // [L, G] gates, [RJ] projection, [RN] joint
-  float* scratch = bias + L * G + RJ + RN;    // [4 * WARPS] argmax
+  float* scratch = bias + L * G + RJ + RN;    // [MAX_ROWS, 4, WARPS] argmax
   const int u0 = p * U, nu = max(0, min(U, H - u0));
   const int j0 = p * RJ, nj = max(0, min(RJ, J - j0));
   const int n0 = p * RN, nn = max(0, min(RN, N - n0));
@@ -328,12 +379,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
 
     // Select: the same choices and integer state in every thread of every block.
     unsigned emit = 0;
+    int chosen_of[MAX_ROWS], index_of[MAX_ROWS];
+    select_rows(step_logits, N, NL, ND, active, reinterpret_cast<unsigned*>(scratch), chosen_of,
+                index_of);
 #pragma unroll
     for (int b = 0; b < MAX_ROWS; ++b) {
       if (!(active >> b & 1u)) continue;
-      int chosen, index;
-      block_argmax2(step_logits + b * N, NL, ND, scratch, chosen, index);
-      i64 dur = dur_table[index];
+      const int chosen = chosen_of[b];
+      i64 dur = dur_table[index_of[b]];
       if (chosen == blank && dur == 0) dur = 1;
       const bool emits = chosen != blank;
       if (p == 0 && tid == 0) {
