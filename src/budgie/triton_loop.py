@@ -11,7 +11,9 @@ needs in order:
 1. joint: logits of the rows at their current frames, output columns split over programs;
 2. every program takes the argmaxes itself and keeps the rows' integer state (time, count,
    on_frame, last_frame, steps) in registers, identical in all programs, so the step's
-   bookkeeping needs no barrier; program 0 records the emitted labels. A step where no row
+   bookkeeping needs no barrier; program 0 records the emitted labels. The logits alternate
+   between two buffers: after a step without emissions a program may start the next joint phase
+   while a slower one still reads the argmaxes. A step where no row
    emits ends here: one barrier per blank step. With ``LoopConfig.window`` = W > 1 the joint
    phase evaluates each row's next W frames, and a row keeps taking steps from those logits
    while it gets blanks (a blank leaves the prediction as it is) until it emits or leaves the
@@ -107,12 +109,12 @@ def _start_rows(dst_ptr, src_ptr, n, rows, row_ok, pid, P, BB: tl.constexpr, BC:
         )
 
 
-@triton.jit(do_not_specialize=["B", "T"])  # one compiled kernel for every batch and length
+@triton.jit(do_not_specialize=["B", "T", "LOGITS_SIZE"])  # one kernel for every batch and length
 def _decode_loop_kernel(
     enc_ptr, len_ptr, start_pred_ptr, start_h_ptr, start_c_ptr,
     w_out_ptr, b_out_ptr, w_pred_ptr, b_pred_ptr, embed_ptr, w_lstm_ptr, b_lstm_ptr, dur_ptr,
-    logits_ptr, pred_ptr, h_ptr, c_ptr, out_ptr, count_ptr, steps_ptr, time_ptr, counter_ptr,
-    B, T, J, H, N, NL, ND, L, BLANK, CAP, MAX_SYMBOLS,
+    logits_base, pred_ptr, h_ptr, c_ptr, out_ptr, count_ptr, steps_ptr, time_ptr, counter_ptr,
+    B, T, J, H, N, NL, ND, L, BLANK, CAP, MAX_SYMBOLS, LOGITS_SIZE,
     BB: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BJ: tl.constexpr,
     BK_JOINT: tl.constexpr, BK_LSTM: tl.constexpr, BK_PROJ: tl.constexpr,
     BL: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr,
@@ -139,8 +141,13 @@ def _decode_loop_kernel(
     on_frame = tl.zeros([BB], dtype=tl.int64)
     last_frame = tl.full([BB], -1, dtype=tl.int64)
     old = 0  # which state buffer holds the current h, c
+    joints = 0  # joint phases so far: the logits alternate between two buffers
     active = row_ok & (time < frames)
     while tl.max(active.to(tl.int32), axis=0) > 0:
+        # (after a step without emissions no barrier separates a program's next joint phase
+        # from slower programs still taking the argmaxes: they read the other buffer)
+        logits_ptr = logits_base + (joints % 2) * LOGITS_SIZE
+        joints += 1
         # The joint at each row's next W frames (logits row = row * W + frames ahead).
         if W == 1:  # (the reshapes below measured slower at W = 1)
             near, near_ok, near_time, near_frames, out_rows = rows, row_ok, time, frames, rows
@@ -271,7 +278,8 @@ class LoopDecoder(TritonStepDecoder):
         self.start_c = start_c[:, 0].contiguous()
         layers, _, hidden = self.h.shape
         # Logits of each row's next ``window`` frames.
-        self.window_logits = torch.zeros(batch * config.window, self.num_outputs, device=device)
+        # (two buffers, alternating per joint phase)
+        self.window_logits = torch.zeros(2, batch * config.window, self.num_outputs, device=device)
         self.h_pair = torch.zeros(2, layers, batch, hidden, device=device)
         self.c_pair = torch.zeros_like(self.h_pair)
         self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -325,7 +333,7 @@ class LoopDecoder(TritonStepDecoder):
             self.window_logits, self.pred_proj, self.h_pair, self.c_pair,
             self.out, self.count, self.steps, self.time, self.counter,
             b, t, hidden, pred_hidden, outputs, labels, outputs - labels, layers,
-            self.blank, self.capacity, self.max_symbols,
+            self.blank, self.capacity, self.max_symbols, self.window_logits[0].numel(),
             BB=bb, BN=cfg.block_n, BH=cfg.block_h, BJ=cfg.block_j,
             BK_JOINT=cfg.block_k(bb * cfg.window, cfg.block_n, hidden),
             BK_LSTM=cfg.block_k(bb, cfg.block_h, 2 * pred_hidden),
