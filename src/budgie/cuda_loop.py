@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from budgie import cuda_driver
-from budgie.cuda_driver import Kernel, KernelUnavailable, pointer
+from budgie.cuda_driver import Argument, Arguments, Kernel, KernelUnavailable, pointer
 from budgie.gpu_decoding import StepDecoder
 from budgie.model import ParakeetTDT
 from budgie.transducer import Decoder, Joint
@@ -256,6 +256,7 @@ class KernelLoopDecoder(StepDecoder):
         self.kernel = load_kernel(device, kernel_options(wd, rows, profile), shared)
         if self.kernel.resident_blocks(THREADS) < 1:
             raise KernelUnavailable("a block of the decode kernel does not fit on an SM")
+        self._arguments = self._kernel_arguments()
         self._inputs: tuple[Tensor, Tensor] | None = None
 
     @classmethod
@@ -293,33 +294,41 @@ class KernelLoopDecoder(StepDecoder):
             return
         enc_proj, lengths = self._inputs
         self._inputs = None
-        b, t, joint_hidden = enc_proj.shape
-        layers, _, hidden = self.h.shape
-        part = self.partition
+        b, t, _ = enc_proj.shape
+        enc_arg, lengths_arg, batch_arg, frames_arg = self._changing
+        enc_arg.value, lengths_arg.value = enc_proj.data_ptr(), lengths.data_ptr()
+        batch_arg.value, frames_arg.value = b, t
         self.counter.zero_()
+        self.kernel.launch(self.partition.blocks, THREADS, self._arguments)
+
+    def _kernel_arguments(self) -> Arguments:
+        """tdt_decode_loop's parameters, in its order; the inputs' addresses, the batch and the
+        frames (``_changing``) are set by each ``step``."""
+        layers, _, hidden = self.h.shape
+        joint_hidden = self.enc_proj.shape[2]
+        part = self.partition
         tensors: tuple[Tensor, ...] = (
-            enc_proj,
-            lengths,
             self.packed,
             self.b_lstm,
             self.b_pred,
             self.b_out,
+            self.table,
+            self.durations,
         )
-        tensors += (self.table, self.durations, self.start_pred, self.start_rec, self.start_c)
-        tensors += (self.shared_pred, self.h_new, self.step_logits, self.out, self.count)
-        tensors += (self.steps, self.time, self.counter)
+        tensors += (self.start_pred, self.start_rec, self.start_c, self.shared_pred, self.h_new)
+        tensors += (self.step_logits, self.out, self.count, self.steps, self.time, self.counter)
         sizes: tuple[int, ...] = (
-            b,
-            t,
             hidden,
             joint_hidden,
             self.num_outputs,
             self.num_labels,
             layers,
+            part.units,
         )
-        sizes += (part.units, part.pred_rows, part.joint_rows, self.blank, self.capacity)
-        sizes += (self.max_symbols,)
-        args: list[cuda_driver.Argument] = [pointer(x) for x in tensors]
-        args.append(pointer(self.profile) if self.profile is not None else ctypes.c_void_p())
-        args += [ctypes.c_int(n) for n in sizes]
-        self.kernel.launch(part.blocks, THREADS, args)
+        sizes += (part.pred_rows, part.joint_rows, self.blank, self.capacity, self.max_symbols)
+        self._changing = (ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_int(), ctypes.c_int())
+        enc_arg, lengths_arg, batch_arg, frames_arg = self._changing
+        values: list[Argument] = [enc_arg, lengths_arg, *(pointer(x) for x in tensors)]
+        values.append(pointer(self.profile) if self.profile is not None else ctypes.c_void_p())
+        values += [batch_arg, frames_arg, *(ctypes.c_int(n) for n in sizes)]
+        return Arguments(values)

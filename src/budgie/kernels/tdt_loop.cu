@@ -279,6 +279,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
   auto w_hh = [&](int l) { return weights + (size_t)(l == 0 ? 0 : 2 * l) * gate_elems; };
   {
     const uint4* src = reinterpret_cast<const uint4*>(packed + (size_t)p * weight_elems);
+#pragma unroll 8  // several loads in flight per thread: this copy is on every decode's path
     for (size_t i = tid; i < weight_elems / 8; i += THREADS) shared_words[i] = src[i];
   }
   // Start state (the same for every row) and biases for this block's rows.
