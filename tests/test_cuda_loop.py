@@ -168,3 +168,16 @@ def test_nothing_to_decode(synth_models: SynthModels) -> None:
     kernel = KernelLoopDecoder(decoder, net.joint, 2, 8, durations, MAX_SYMBOLS, dev)
     enc, lens = random_enc_proj(net, [0, 0], 8, 1.5, 0, "cuda")
     assert _outcome(decode_with_steps(kernel, enc, lens, None)) == [([], [], [], 0)] * 2
+
+
+@CUDA
+def test_compile_errors_name_the_problem() -> None:
+    """A kernel NVRTC rejects: KernelUnavailable with the compiler's log (cuda_runner then
+    falls back to the Triton loop)."""
+    from budgie import cuda_driver
+
+    arch = cuda_driver.arch_of(torch.device("cuda"))
+    with pytest.raises(KernelUnavailable, match="broken.*undefined"):
+        cuda_driver.compile_cubin(
+            'extern "C" __global__ void k() { undefined_name(); }', "broken", arch
+        )

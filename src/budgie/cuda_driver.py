@@ -9,12 +9,13 @@ torch's context, so they order with torch's kernels like any other.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -103,32 +104,37 @@ def compile_cubin(source: str, name: str, arch: str, options: Sequence[str] = ()
         nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
 
 
-def _make_context_current(device: torch.device) -> None:
-    """A context current on this thread, as driver calls need: torch's runtime makes the
-    device's primary context current on a thread that used CUDA; otherwise it is set here."""
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+@contextlib.contextmanager
+def _context_of(device: torch.device) -> Iterator[None]:
+    """``device``'s primary context (torch's) current on this thread while driver calls are
+    made: torch's device switch makes it so, and restores the previous device after."""
     cuda = _library("cuda")
-    torch.cuda.init()  # type: ignore[no-untyped-call]
-    current = ctypes.c_void_p()
-    _check_driver(cuda.cuCtxGetCurrent(ctypes.byref(current)), "cuCtxGetCurrent")
-    if current.value:
-        return
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    handle = ctypes.c_int()
-    _check_driver(cuda.cuDeviceGet(ctypes.byref(handle), index), "cuDeviceGet")
-    context = ctypes.c_void_p()  # the primary context torch uses (retained for the process)
-    _check_driver(
-        cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), handle), "cuDevicePrimaryCtxRetain"
-    )
-    _check_driver(cuda.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+    with torch.cuda.device(_index(device)):
+        current = ctypes.c_void_p()
+        _check_driver(cuda.cuCtxGetCurrent(ctypes.byref(current)), "cuCtxGetCurrent")
+        if not current.value:  # (the runtime had not set it up on this thread yet)
+            torch.cuda.init()  # type: ignore[no-untyped-call]
+            handle, context = ctypes.c_int(), ctypes.c_void_p()
+            _check_driver(cuda.cuDeviceGet(ctypes.byref(handle), _index(device)), "cuDeviceGet")
+            _check_driver(
+                cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), handle), "primary context"
+            )
+            _check_driver(cuda.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+        yield
 
 
 def device_attribute(device: torch.device, attribute: int) -> int:
     """A CUdevice_attribute of ``device`` (cuda.h's numbering)."""
-    cuda = _library("cuda")
-    _make_context_current(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
     value = ctypes.c_int()
-    _check_driver(cuda.cuDeviceGetAttribute(ctypes.byref(value), attribute, index), "attribute")
+    with _context_of(device):
+        result = _library("cuda").cuDeviceGetAttribute(
+            ctypes.byref(value), attribute, _index(device)
+        )
+    _check_driver(result, "attribute")
     return value.value
 
 
@@ -138,38 +144,35 @@ def shared_memory_limit(device: torch.device) -> int:
 
 
 class Kernel:
-    """One ``extern "C"`` kernel of a cubin, loaded in ``device``'s context."""
+    """One ``extern "C"`` kernel of a cubin, loaded in ``device``'s context. Every driver call
+    is made in that context (the caller's current device may be another one)."""
 
     def __init__(self, cubin: bytes, name: str, device: torch.device, shared_bytes: int) -> None:
         cuda = _library("cuda")
-        _make_context_current(device)
         self.device = device
-        self._image = ctypes.create_string_buffer(cubin, len(cubin))  # alive with the module
-        self._module = ctypes.c_void_p()
-        _check_driver(cuda.cuModuleLoadData(ctypes.byref(self._module), self._image), "load")
-        self._function = ctypes.c_void_p()
-        _check_driver(
-            cuda.cuModuleGetFunction(ctypes.byref(self._function), self._module, name.encode()),
-            f"kernel {name}",
-        )
         self.shared_bytes = shared_bytes
-        if shared_bytes > 48 * 1024:
-            _check_driver(
-                cuda.cuFuncSetAttribute(
-                    self._function, _MAX_DYNAMIC_SHARED_SIZE_BYTES, ctypes.c_int(shared_bytes)
-                ),
-                f"{shared_bytes} bytes of shared memory",
+        self._image = ctypes.create_string_buffer(cubin, len(cubin))  # alive with the module
+        self._module, self._function = ctypes.c_void_p(), ctypes.c_void_p()
+        with _context_of(device):
+            _check_driver(cuda.cuModuleLoadData(ctypes.byref(self._module), self._image), "load")
+            found = cuda.cuModuleGetFunction(
+                ctypes.byref(self._function), self._module, name.encode()
             )
+            _check_driver(found, f"kernel {name}")
+            if shared_bytes > 48 * 1024:  # the default limit; more must be asked for
+                attribute = _MAX_DYNAMIC_SHARED_SIZE_BYTES
+                allowed = cuda.cuFuncSetAttribute(self._function, attribute, shared_bytes)
+                _check_driver(allowed, f"{shared_bytes} bytes of shared memory")
 
     def resident_blocks(self, threads: int) -> int:
         """Blocks of ``threads`` threads that fit on one SM at once with this shared memory."""
         blocks = ctypes.c_int()
-        _check_driver(
-            _library("cuda").cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                ctypes.byref(blocks), self._function, threads, ctypes.c_size_t(self.shared_bytes)
-            ),
-            "occupancy",
-        )
+        shared = ctypes.c_size_t(self.shared_bytes)
+        with _context_of(self.device):
+            result = _library("cuda").cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                ctypes.byref(blocks), self._function, threads, shared
+            )
+        _check_driver(result, "occupancy")
         return blocks.value
 
     def launch(self, blocks: int, threads: int, arguments: Arguments) -> None:
@@ -178,9 +181,10 @@ class Kernel:
         stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
         grid, block = (blocks, 1, 1), (threads, 1, 1)
         launch = _library("cuda").cuLaunchCooperativeKernel
-        result = launch(
-            self._function, *grid, *block, self.shared_bytes, stream, arguments.pointers
-        )
+        with _context_of(self.device):
+            result = launch(
+                self._function, *grid, *block, self.shared_bytes, stream, arguments.pointers
+            )
         _check_driver(result, "launch")
 
 
@@ -214,13 +218,17 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+def nvrtc_version() -> str:
+    """NVRTC's version, "major.minor" (part of a cached cubin's key)."""
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    _library("nvrtc").nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return f"{major.value}.{minor.value}"
+
+
 def cached_cubin(source: str, name: str, arch: str, options: Sequence[str] = ()) -> bytes:
     """``compile_cubin``'s result, kept on disk under a hash of everything it depends on
     (NVRTC's version included), so a process compiles a kernel only the first time."""
-    nvrtc = _library("nvrtc")
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
-    key = "\0".join([source, name, arch, *options, f"{major.value}.{minor.value}"])
+    key = "\0".join([source, name, arch, *options, nvrtc_version()])
     path = cache_dir() / f"{name}-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.cubin"
     try:
         return path.read_bytes()
