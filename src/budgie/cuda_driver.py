@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from budgie.checkpoint import cache_root
+
 # CUfunction_attribute / CUdevice_attribute values (cuda.h).
 _MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 _MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
@@ -211,11 +213,9 @@ def arch_of(device: torch.device) -> str:
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept between processes (BUDGIE_CACHE or ~/.cache/budgie)."""
-    root = os.environ.get("BUDGIE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "budgie"
-    )
-    return Path(root) / "kernels"
+    """Where compiled kernels are kept between processes: ``kernels/`` in Budgie's cache
+    (``$BUDGIE_CACHE``, else ``~/.cache/budgie``, as for converted checkpoints)."""
+    return cache_root() / "kernels"
 
 
 def nvrtc_version() -> str:
