@@ -33,9 +33,9 @@ from budgie.gpu_decoding import StepDecoder  # noqa: E402
 
 SLOTS = (  # the kernel's PROFILE slots (kernels/tdt_loop.cu)
     "joint_load",
-    "joint_product_and_candidates",
-    "candidates_wait_and_argmax",
-    "bookkeeping",
+    "joint_product",
+    "joint_barrier",
+    "select",
     "layer0_from_table",
     "emit_barrier_waits",
     "emit_input_loads",

@@ -248,14 +248,8 @@ class KernelLoopDecoder(StepDecoder):
         self.start_c = start_c[:, 0].contiguous()
         self.shared_pred = torch.zeros(rows, joint_hidden, device=device)
         self.h_new = torch.zeros(layers, rows, hidden, device=device)
-        if 2 * self.partition.blocks > THREADS:  # (a thread per block's candidate)
-            raise KernelUnavailable(f"{self.partition.blocks} blocks: at most {THREADS // 2}")
-        # Zeroed before each launch: the barrier's arrival counter (the first 4 bytes), then
-        # the blocks' argmax candidates, [2 (alternating steps), rows, 2 (label, duration),
-        # blocks].
-        self.sync = torch.zeros(
-            1 + 4 * rows * self.partition.blocks, dtype=torch.long, device=device
-        )
+        self.step_logits = torch.zeros(2, rows, self.num_outputs, device=device)
+        self.counter = torch.zeros(1, dtype=torch.int32, device=device)  # barrier arrivals
         # With ``profile``: SM cycles per part of the loop and the steps taken (the kernel's
         # PROFILE slots), from the last decode.
         self.profile = torch.zeros(11, dtype=torch.long, device=device) if profile else None
@@ -304,7 +298,7 @@ class KernelLoopDecoder(StepDecoder):
         enc_arg, lengths_arg, batch_arg, frames_arg = self._changing
         enc_arg.value, lengths_arg.value = enc_proj.data_ptr(), lengths.data_ptr()
         batch_arg.value, frames_arg.value = b, t
-        self.sync.zero_()
+        self.counter.zero_()
         self.kernel.launch(self.partition.blocks, THREADS, self._arguments)
 
     def _kernel_arguments(self) -> Arguments:
@@ -322,7 +316,7 @@ class KernelLoopDecoder(StepDecoder):
             self.durations,
         )
         tensors += (self.start_pred, self.start_rec, self.start_c, self.shared_pred, self.h_new)
-        tensors += (self.sync[1:], self.out, self.count, self.steps, self.time, self.sync)
+        tensors += (self.step_logits, self.out, self.count, self.steps, self.time, self.counter)
         sizes: tuple[int, ...] = (
             hidden,
             joint_hidden,

@@ -5,11 +5,10 @@
 //
 // A step, for the rows still inside their frames:
 //   joint phase    every block: its output rows of relu(enc[row, frame] + pred[row]) @ W_out^T
-//                  + b_out, and from them its best label and best duration, published with the
-//                  step's tag (no barrier: the others wait for exactly those values)
-//   select         every block, redundantly: all blocks' candidates -> the argmaxes (label,
-//                  duration) and the rows' integer state (time, count, on_frame, last_frame,
-//                  steps) in registers; block 0 records the step. No row emits: next step.
+//                  + b_out, into logits[step % 2]                               -> grid barrier
+//   select         every block, redundantly: the argmaxes (label, duration) and the rows'
+//                  integer state (time, count, on_frame, last_frame, steps) in registers; block
+//                  0 records the step. No row emits: next step.
 //   LSTM layer 0   every block, for its hidden units of the emitting rows: the gates are
 //                  table[label] (W_ih0 @ embedding, per label) + rec0 + bias, then the cell
 //                  update (its units' c stays in its shared memory), h0 into memory -> barrier
@@ -18,8 +17,8 @@
 // rec_l = W_hh_l @ h_l is the recurrent half of layer l's gates for the row's next emission:
 // it only changes when h_l does, so it is computed from the new h_l (already in shared memory
 // as the next phase's input) while the block waits at that phase's barrier, off the step's
-// critical path. The candidates alternate between two buffers, so a block that starts the next
-// step's joint phase cannot overwrite one a slower block is still waiting for after a blank step.
+// critical path. Logits alternate between two buffers, so a block that starts the next step's
+// joint phase cannot overwrite logits a slower block is still reading after a blank step.
 
 #ifndef MAX_ROWS  // rows of the batch (1, 2 or 4): the machine's batch bucket
 #define MAX_ROWS 4
@@ -41,17 +40,20 @@
 #else
 #define MARK(slot)
 #endif
-#define PROFILE_SLOTS 10  // joint: load, products and candidates; waiting for all
-                          // candidates and the argmaxes; bookkeeping; layer 0; waits after
+#define PROFILE_SLOTS 10  // joint: load, product, barrier; select; layer 0; waits after
                           // an emission's phases; their input loads; their products and
                           // cells; the recurrent products; loop control
 
 typedef unsigned short u16;
 typedef long long i64;
-typedef unsigned long long u64;
 
-// Bypasses L1 (other blocks wrote it); p 16-byte aligned.
-__device__ __forceinline__ float4 load4_l2(const float* p) {
+__device__ __forceinline__ float load_l2(const float* p) {  // bypasses L1: other blocks wrote it
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ float4 load4_l2(const float* p) {  // 16-byte aligned
   float4 v;
   asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
                : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
@@ -186,75 +188,28 @@ __device__ __forceinline__ unsigned warp_first_max(unsigned key, unsigned at, un
   return warp_min(key == best ? at : 0xffffffffu);
 }
 
-// A block's best column of one kind for one row, tagged with the step it belongs to (tags
-// 1..65535; the buffer is zeroed before each launch): [tag:16][order key:32][0xffff - index:16],
-// so among candidates of one step a larger number is a larger logit, then a smaller index.
-__device__ __forceinline__ u64 candidate(unsigned tag, unsigned key, unsigned index) {
-  return ((u64)tag << 48) | ((u64)key << 16) | (u64)(0xffffu - index);
-}
-
-__device__ __forceinline__ void store_relaxed(u64* p, u64 v) {
-  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" : : "l"(p), "l"(v) : "memory");
-}
-
-__device__ __forceinline__ u64 load_relaxed(const u64* p) {
-  u64 v;
-  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-
-// This block's candidates for every active row: the first of its largest label logits and of
-// its largest duration logits (columns [n0, n0 + nn) of the outputs, labels first; logits in
-// res as [row, nn] without the bias), published in `slots` ([row, kind, block]). One warp.
-__device__ __forceinline__ void publish_candidates(const float* res, const float* bias, int n0, int nn,
-                                                   int NL, unsigned active, unsigned tag, u64* slots,
-                                                   int P) {
-  if (threadIdx.x >= 32) return;
-#pragma unroll
-  for (int b = 0; b < MAX_ROWS; ++b) {
-    if (!(active >> b & 1u)) continue;
-    unsigned key = 0, at = 0xffffffffu, key_d = 0, at_d = 0xffffffffu;
-    for (int r = threadIdx.x; r < nn; r += 32) {  // a lane's columns rise: strict keeps the first
-      const unsigned k = order_key(res[b * nn + r] + bias[r]);
-      const int col = n0 + r;
-      if (col < NL) {
-        if (k > key) key = k, at = col;
-      } else if (k > key_d) {
-        key_d = k, at_d = col - NL;
-      }
-    }
-    unsigned best, best_d;
-    at = warp_first_max(key, at, best);
-    at_d = warp_first_max(key_d, at_d, best_d);
-    if (threadIdx.x == 0) {  // (a block without columns of a kind publishes key 0: never chosen)
-      store_relaxed(slots + (b * 2) * P + blockIdx.x, candidate(tag, best, at & 0xffffu));
-      store_relaxed(slots + (b * 2 + 1) * P + blockIdx.x, candidate(tag, best_d, at_d & 0xffffu));
-    }
-  }
-}
-
-// For every active row: the first index of the largest label logit (torch.argmax's choice
-// among ties) and of the largest duration logit, from all P blocks' candidates of this step
-// (thread t < 2P waits for candidate t). `scratch` holds MAX_ROWS * 4 * WARPS words. Every
-// thread gets every answer.
-__device__ __forceinline__ void select_rows(const u64* slots, int P, unsigned tag, unsigned active,
-                                            unsigned* scratch, int* labels, int* indices) {
+// For every active row b of `logits` (rows of stride N): the first index of the maximum of its
+// n labels' logits (torch.argmax's choice among ties) and of its nd duration logits after them
+// (nd <= THREADS), for the whole block in one pass; `scratch` holds MAX_ROWS * 4 * WARPS words.
+// Every thread gets every answer.
+__device__ __forceinline__ void select_rows(const float* logits, int N, int n, int nd, unsigned active,
+                            unsigned* scratch, int* labels, int* indices) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
   for (int b = 0; b < MAX_ROWS; ++b) {
     if (!(active >> b & 1u)) continue;
+    const float* p = logits + b * N;
     unsigned key = 0, at = 0xffffffffu, key_d = 0, at_d = 0xffffffffu;
-    if (threadIdx.x < 2 * P) {
-      const u64* slot = slots + (b * 2) * P + threadIdx.x;  // labels' P, then durations' P
-      u64 v;
-      do {
-        v = load_relaxed(slot);
-      } while ((unsigned)(v >> 48) != tag);
-      const unsigned k = (unsigned)(v >> 16), index = 0xffffu - (unsigned)(v & 0xffffu);
-      if (threadIdx.x < P)
-        key = k, at = index;
-      else
-        key_d = k, at_d = index;
+    if (threadIdx.x < nd) key_d = order_key(load_l2(p + n + threadIdx.x)), at_d = threadIdx.x;
+    for (int i0 = threadIdx.x; i0 < n; i0 += 4 * THREADS) {  // four loads in flight at a time
+      float v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = i0 + j * THREADS < n ? load_l2(p + i0 + j * THREADS) : 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {  // a thread's indices rise: strict keeps the first
+        const unsigned k = order_key(v[j]);
+        if (i0 + j * THREADS < n && k > key) key = k, at = i0 + j * THREADS;
+      }
     }
     unsigned best, best_d;
     at = warp_first_max(key, at, best);
@@ -277,7 +232,7 @@ __device__ __forceinline__ void select_rows(const u64* slots, int P, unsigned ta
                                          in ? mine[3 * WARPS + lane] : 0xffffffffu, best);
     labels[b] = at == 0xffffffffu ? 0 : (int)at;
     indices[b] = at_d == 0xffffffffu ? 0 : (int)at_d;
-  }  // (scratch is written again only after the next step's block barriers)
+  }  // (scratch is written again only after the next grid barrier)
 }
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
@@ -296,14 +251,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     const float* __restrict__ start_c,     // [L, H] and its cell states
     float* pred,                           // [MAX_ROWS, J] shared between blocks
     float* h_new,                          // [L, MAX_ROWS, H] the emitting rows' new h
-    u64* slots,                            // [2, MAX_ROWS, 2, P] candidates, alternating per step
+    float* logits,                         // [2, MAX_ROWS, N] alternating per step
     i64* out, i64* count_out, i64* steps_out, i64* time_out, unsigned* counter,
     long long* profile,                    // [PROFILE_SLOTS + 1] with -DPROFILE, else unused
     int B, int T, int H, int J, int N, int NL, int L, int U, int RJ, int RN, int blank, int cap,
     int max_symbols) {
   extern __shared__ uint4 shared_words[];
   const int P = gridDim.x, p = blockIdx.x, tid = threadIdx.x;
-  const int G = 4 * U;  // this block's gate rows per layer
+  const int ND = N - NL, G = 4 * U;  // G: this block's gate rows per layer
   // Shared memory: this block's weights (per layer W_ih_l's G rows but for layer 0, then
   // W_hh_l's; W_pred's RJ rows, W_out's RN rows), then float32 data.
   const size_t gate_elems = (size_t)G * H, pred_elems = (size_t)RJ * H;
@@ -397,8 +352,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     MARK(9);
 
     // Joint phase.
-    const unsigned tag = step % 65535 + 1;
-    u64* step_slots = slots + (size_t)(step & 1) * MAX_ROWS * 2 * P;
+    float* step_logits = logits + (size_t)(step & 1) * MAX_ROWS * N;
 #pragma unroll
     for (int b = 0; b < MAX_ROWS; ++b) {
       if (!(active >> b & 1u)) continue;
@@ -416,15 +370,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     MARK(0);
     products(w_out, nn, J, xs, active, res);
     __syncthreads();
-    publish_candidates(res, bias_out, n0, nn, NL, active, tag, step_slots, P);
+    for (int i = tid; i < MAX_ROWS * nn; i += THREADS) {
+      const int b = i / nn, r = i % nn;
+      if (active >> b & 1u) step_logits[b * N + n0 + r] = res[b * nn + r] + bias_out[r];
+    }
     MARK(1);
+    grid_sync(counter, ++passed * P);
+    MARK(2);
 
     // Select: the same choices and integer state in every thread of every block.
     unsigned emit = 0;
     int chosen_of[MAX_ROWS], index_of[MAX_ROWS];
-    select_rows(step_slots, P, tag, active, reinterpret_cast<unsigned*>(scratch), chosen_of,
+    select_rows(step_logits, N, NL, ND, active, reinterpret_cast<unsigned*>(scratch), chosen_of,
                 index_of);
-    MARK(2);
 #pragma unroll
     for (int b = 0; b < MAX_ROWS; ++b) {
       if (!(active >> b & 1u)) continue;
