@@ -9,6 +9,8 @@ empty rows, the max-symbols cap.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -16,9 +18,16 @@ from budgie.cuda_driver import KernelUnavailable
 from budgie.cuda_loop import MAX_ROWS, KernelLoopDecoder, Partition, pack_weights
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
 from conftest import SynthModels
+from decoder_machines import (
+    MAX_SYMBOLS,
+    network,
+    other_depth,
+    outcome,
+    random_enc_proj,
+    rounded_weights,
+)
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-MAX_SYMBOLS = 2  # small, so that the cap is reached
 
 
 def test_partition_of_parakeet_sizes() -> None:
@@ -95,33 +104,6 @@ def test_refusals(synth_models: SynthModels) -> None:
 BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9], 0.3, 1)]
 
 
-def _cuda_parts(synth_models: SynthModels, layers: int | None = None):  # type: ignore[no-untyped-def]
-    import copy
-
-    from test_triton_loop import other_depth
-
-    net = copy.deepcopy(synth_models.model("tiny").network).to("cuda")
-    decoder = other_depth(net, layers)[0] if layers else net.decoder
-    return net, decoder
-
-
-def _rounded(decoder, joint, dtype):  # type: ignore[no-untyped-def]
-    """Copies of decoder and joint whose weight matrices are rounded to ``dtype``."""
-    import copy
-
-    decoder, joint = copy.deepcopy(decoder), copy.deepcopy(joint)
-    lstm = decoder.prediction.dec_rnn.lstm
-    matrices = [p for n, p in lstm.named_parameters() if n.startswith("weight")]
-    with torch.no_grad():
-        for weight in [*matrices, joint.pred.weight, joint.joint_net[2].weight]:
-            weight.copy_(weight.to(dtype).float())
-    return decoder, joint
-
-
-def _outcome(hyps):  # type: ignore[no-untyped-def]
-    return [(h.token_ids, h.frames, h.durations, h.steps) for h in hyps]
-
-
 @CUDA
 @pytest.mark.parametrize("layers", [None, 1, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -132,20 +114,22 @@ def test_kernel_decodes_as_the_torch_machine(
     next): rows of different lengths, an empty row, a batch where nothing is emitted, the
     max-symbols cap; the prediction after the last emission (every layer's state feeds it)
     agrees to float32 rounding."""
-    from test_triton_decoding import random_enc_proj
-
-    net, decoder = _cuda_parts(synth_models, layers)
+    net = network(synth_models, "cuda")
+    if layers:  # the network with a prediction network of that depth
+        net = copy.deepcopy(net)
+        net.decoder = other_depth(net, layers)[0]
     dev = torch.device("cuda")
     durations = net.cfg.decoding.durations
-    ref_parts = _rounded(decoder, net.joint, dtype)
-    ref = StepDecoder(*ref_parts, 4, 20, durations, MAX_SYMBOLS, dev)
-    kernel = KernelLoopDecoder(decoder, net.joint, 4, 20, durations, MAX_SYMBOLS, dev, dtype)
+    rounded = rounded_weights(net, dtype)
+    ref = StepDecoder(rounded.decoder, rounded.joint, 4, 20, durations, MAX_SYMBOLS, dev)
+    parts = (net.decoder, net.joint, 4, 20, durations, MAX_SYMBOLS, dev)
+    kernel = KernelLoopDecoder(*parts, dtype)
     assert kernel.partition.blocks > 1  # the grid barriers are really exercised
     emitted, capped = 0, False
     for lengths, scale, seed in BATCHES:
         enc, lens = random_enc_proj(net, lengths, max(lengths), scale, seed, "cuda")
-        want = _outcome(decode_with_steps(ref, enc, lens, None))
-        assert _outcome(decode_with_steps(kernel, enc, lens, None)) == want, (lengths, seed)
+        want = outcome(decode_with_steps(ref, enc, lens, None))
+        assert outcome(decode_with_steps(kernel, enc, lens, None)) == want, (lengths, seed)
         rows = len(lengths)
         torch.testing.assert_close(
             kernel.shared_pred[:rows], ref.pred_proj[:rows], rtol=1e-4, atol=1e-5
@@ -160,14 +144,12 @@ def test_kernel_decodes_as_the_torch_machine(
 
 @CUDA
 def test_nothing_to_decode(synth_models: SynthModels) -> None:
-    from test_triton_decoding import random_enc_proj
-
-    net, decoder = _cuda_parts(synth_models)
+    net = network(synth_models, "cuda")
     durations = net.cfg.decoding.durations
     dev = torch.device("cuda")
-    kernel = KernelLoopDecoder(decoder, net.joint, 2, 8, durations, MAX_SYMBOLS, dev)
+    kernel = KernelLoopDecoder(net.decoder, net.joint, 2, 8, durations, MAX_SYMBOLS, dev)
     enc, lens = random_enc_proj(net, [0, 0], 8, 1.5, 0, "cuda")
-    assert _outcome(decode_with_steps(kernel, enc, lens, None)) == [([], [], [], 0)] * 2
+    assert outcome(decode_with_steps(kernel, enc, lens, None)) == [([], [], [], 0)] * 2
 
 
 @CUDA

@@ -11,7 +11,6 @@ cannot make it vacuous.
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 
@@ -23,11 +22,17 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not (torch.cuda.is_available() or INTERPRET):
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-from budgie.decoding import Hypothesis  # noqa: E402
 from budgie.gpu_decoding import GraphedStepDecoder, StepDecoder, decode_with_steps  # noqa: E402
 from budgie.model import ParakeetTDT  # noqa: E402
 from budgie.triton_decoding import TritonConfig, TritonStepDecoder  # noqa: E402
 from conftest import SynthModels  # noqa: E402
+from decoder_machines import (  # noqa: E402
+    MAX_SYMBOLS,
+    network,
+    outcome,
+    random_enc_proj,
+    rounded_weights,
+)
 
 # The interpreter runs on host memory (and cannot be captured in a CUDA graph): CPU tensors only.
 DEVICES = ["cpu"] if INTERPRET else ["cuda"]
@@ -40,7 +45,6 @@ CONFIGS = {
 }
 INT_STATE = ("out", "count", "steps", "time", "on_frame", "last_frame")
 FLOAT_STATE = ("h", "c", "pred_proj")
-MAX_SYMBOLS = 2  # small, so that the cap is reached
 
 
 @dataclass
@@ -53,11 +57,6 @@ class Coverage:
     finished_at: dict[int, int] = field(default_factory=dict)  # row -> step it went inactive
 
 
-def network(synth_models: SynthModels, device: str) -> ParakeetTDT:
-    net = synth_models.model("tiny").network
-    return net if device == "cpu" else copy.deepcopy(net).to(device)
-
-
 def machines(
     net: ParakeetTDT, batch: int, frames: int, device: str, config: TritonConfig
 ) -> tuple[StepDecoder, TritonStepDecoder]:
@@ -68,14 +67,6 @@ def machines(
         net.decoder, net.joint, batch, frames, durations, MAX_SYMBOLS, dev, config
     )
     return ref, tri
-
-
-def random_enc_proj(
-    net: ParakeetTDT, lengths: list[int], frames: int, scale: float, seed: int, device: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    enc = torch.randn(len(lengths), frames, net.cfg.joint.joint_hidden, generator=gen) * scale
-    return enc.to(device), torch.tensor(lengths, device=device)
 
 
 def observe(ref: StepDecoder, cover: Coverage, step: int) -> None:
@@ -145,10 +136,6 @@ def test_every_step_matches_the_torch_step(
         assert len(set(cover.finished_at.values())) > 1, cover  # rows end at different steps
 
 
-def outcome(hyps: list[Hypothesis]) -> list[tuple[list[int], list[int], list[int], int]]:
-    return [(h.token_ids, h.frames, h.durations, h.steps) for h in hyps]
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_full_decode_gives_the_torch_hypotheses(synth_models: SynthModels, device: str) -> None:
     """decode_with_steps on two batches in a row (the machine is reused: reset must suffice),
@@ -187,20 +174,6 @@ def test_rows_per_program(batch: int, rows: int) -> None:
 )
 def test_reduction_block_fits_the_tile(rows: int, outputs: int, k: int, block: int) -> None:
     assert TritonConfig().block_k(rows, outputs, k) == block
-
-
-def rounded_weights(net: ParakeetTDT, dtype: torch.dtype) -> ParakeetTDT:
-    """A copy whose LSTM, prediction-projection and joint-output weight matrices are rounded to
-    ``dtype`` (and kept float32): what a machine reading them in ``dtype`` computes."""
-    rounded = copy.deepcopy(net)
-    lstm = rounded.decoder.prediction.dec_rnn.lstm
-    matrices = [p for n, p in lstm.named_parameters() if n.startswith("weight")]
-    out = rounded.joint.joint_net[2]
-    assert isinstance(out, torch.nn.Linear)
-    with torch.no_grad():
-        for weight in [*matrices, rounded.joint.pred.weight, out.weight]:
-            weight.copy_(weight.to(dtype).float())
-    return rounded
 
 
 @pytest.mark.parametrize("device", DEVICES)

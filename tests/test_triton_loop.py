@@ -10,8 +10,6 @@ the last emission, which every LSTM layer's state feeds, must agree to float32 r
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -19,18 +17,18 @@ pytest.importorskip("triton")
 
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
 from budgie.model import ParakeetTDT
-from budgie.transducer import Decoder
 from budgie.triton_decoding import TritonStepDecoder
 from budgie.triton_loop import LOOP_MAX_BATCH, LoopConfig, LoopDecoder
 from conftest import SynthModels
-from test_triton_decoding import (
-    DEVICES,
+from decoder_machines import (
     MAX_SYMBOLS,
     network,
+    other_depth,
     outcome,
     random_enc_proj,
     rounded_weights,
 )
+from test_triton_decoding import DEVICES
 
 # Batches in a row on one machine of 4 rows: lengths (0 = an empty row), scale, seed.
 BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9], 0.3, 1)]
@@ -100,18 +98,6 @@ def test_loop_decodes_as_the_step_machines(
             h[1][i] == h[1][i + MAX_SYMBOLS - 1] for h in want for i in range(len(h[1]) - 1)
         )
     assert emitted >= 20 and capped
-
-
-def other_depth(net: ParakeetTDT, layers: int) -> tuple[Decoder, ParakeetTDT]:
-    """A prediction network of ``layers`` LSTM layers (seeded default init) for ``net``'s
-    joint, on its device."""
-    cfg = net.cfg
-    cfg = dataclasses.replace(
-        cfg, prediction=dataclasses.replace(cfg.prediction, pred_rnn_layers=layers)
-    )
-    torch.manual_seed(layers)
-    device = next(net.parameters()).device
-    return Decoder(cfg).to(device), net
 
 
 @pytest.mark.parametrize("layers", [1, 3])
