@@ -141,16 +141,6 @@ def kernel_loop_decoder() -> type[StepDecoder] | None:
     return KernelLoopDecoder
 
 
-def precompile_kernel(device: torch.device, dtype: torch.dtype) -> object | None:
-    """Start compiling the shared-memory kernel for batch 1 in the background (see
-    cuda_loop.compile_in_background): None where it does not apply."""
-    if device.type != "cuda" or dtype == torch.float32:
-        return None
-    from budgie.cuda_loop import compile_in_background
-
-    return compile_in_background(device, dtype)
-
-
 def fused_layer_runner(network: ParakeetTDT) -> LayerRunner | None:
     """The Triton-fused layer (triton_encoder.py) for 16-bit encoder weights; None in float32
     (kept exactly eager), or when Triton is missing or not allowed."""
@@ -268,10 +258,12 @@ class CudaRunner:
         self._final_decoders: set[tuple[int, int]] = set()  # built for repeated use
         self._host_lengths: Tensor | None = None  # pinned, for the decoded lengths
         self._uses: dict[tuple[str, int, int], int] = {}
-        self._compiling = None  # the shared-memory kernel's NVRTC compile, started early
-        if use_graphs and self.kernel_decoder is not None:
+        self._compiling: object | None = None  # the CUDA decode kernel's compile, started early
+        if use_graphs and self.kernel_decoder is not None:  # (16-bit weights on CUDA only)
+            from budgie.cuda_loop import compile_in_background
+
             device = next(network.parameters()).device
-            self._compiling = precompile_kernel(device, network.encoder.matmul_dtype)
+            self._compiling = compile_in_background(device, network.encoder.matmul_dtype)
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
         self._steps_per_frame = 0.25
