@@ -143,6 +143,24 @@ def test_kernel_decodes_as_the_torch_machine(
 
 
 @CUDA
+def test_eight_rows(synth_models: SynthModels) -> None:
+    """A machine of MAX_ROWS rows (the kernel built for 8), rows of many lengths and an empty
+    one: the torch machine's hypotheses on the same rounded weights."""
+    net = network(synth_models, "cuda")
+    dev = torch.device("cuda")
+    durations = net.cfg.decoding.durations
+    rounded = rounded_weights(net, torch.bfloat16)
+    ref = StepDecoder(rounded.decoder, rounded.joint, MAX_ROWS, 24, durations, MAX_SYMBOLS, dev)
+    kernel = KernelLoopDecoder(net.decoder, net.joint, MAX_ROWS, 24, durations, MAX_SYMBOLS, dev)
+    assert kernel.kernel_rows == MAX_ROWS == 8
+    for lengths, seed in (([24, 3, 17, 0, 9, 24, 1, 12], 4), ([5, 20, 11], 5)):
+        enc, lens = random_enc_proj(net, lengths, max(lengths), 1.5, seed, "cuda")
+        want = outcome(decode_with_steps(ref, enc, lens, None))
+        assert sum(len(h[0]) for h in want) >= 10
+        assert outcome(decode_with_steps(kernel, enc, lens, None)) == want, lengths
+
+
+@CUDA
 def test_nothing_to_decode(synth_models: SynthModels) -> None:
     net = network(synth_models, "cuda")
     durations = net.cfg.decoding.durations

@@ -40,9 +40,9 @@ from budgie.transducer import Decoder, Joint
 
 SOURCE = Path(__file__).with_name("kernels") / "tdt_loop.cu"
 KERNEL = "tdt_decode_loop"
-# The most rows a machine takes (the kernel is compiled for 1, 2 or 4: its MAX_ROWS), and the
-# kernel's THREADS and WARPS (kernels/tdt_loop.cu).
-MAX_ROWS = 4
+# The most rows a machine takes (the kernel is compiled for 1, 2, 4 or 8: its MAX_ROWS), and
+# the kernel's THREADS and WARPS (kernels/tdt_loop.cu).
+MAX_ROWS = 8
 THREADS = 512
 WARPS = THREADS // 32
 WEIGHT_DTYPES = (torch.bfloat16, torch.float16)
@@ -228,7 +228,7 @@ class KernelLoopDecoder(StepDecoder):
             self.num_outputs = out.weight.shape[0]
             sms = torch.cuda.get_device_properties(device).multi_processor_count
             self.partition = Partition.over(sms, hidden, joint_hidden, self.num_outputs)
-            self.kernel_rows = rows = 1 << max(0, batch - 1).bit_length()  # 1, 2 or 4
+            self.kernel_rows = rows = 1 << max(0, batch - 1).bit_length()  # 1, 2, 4 or 8
             shared = self.partition.shared_bytes(rows, layers, hidden, joint_hidden)
             limit = cuda_driver.shared_memory_limit(device)
             if shared > limit:

@@ -7,12 +7,12 @@ do not depend on the bucket) to keep the number of graphs small. Decoding replay
 ``STEPS_PER_GRAPH`` decoder steps (gpu_decoding.py) until every row is done.
 
 Graphs are captured lazily, the second time a shape bucket is seen (the first call runs eagerly,
-so a one-off transcript never pays for a capture), and kept for the life of the model. Up to
-4 rows a batch then decodes in one launch of a persistent kernel, no graph: in bf16/fp16 the
-CUDA C++ one that keeps the decoder's weights in shared memory (cuda_loop.py), else (or where it
-cannot build) the Triton one (triton_loop.py); up to ``TRITON_MAX_BATCH`` rows the captured
-decoder step is the Triton one (triton_decoding.py), and larger batches are decoded in slices of
-that many rows; in bf16/fp16 the captured encoder layers run with Triton-fused elementwise kernels
+so a one-off transcript never pays for a capture), and kept for the life of the model. A batch
+then decodes in one launch of a persistent kernel, no graph: in bf16/fp16 up to 8 rows the CUDA
+C++ one that keeps the decoder's weights in shared memory (cuda_loop.py), else (float32, or
+where it cannot build) up to 4 rows the Triton one (triton_loop.py). Up to ``TRITON_MAX_BATCH``
+rows the captured decoder step is the Triton one (triton_decoding.py), and larger batches are
+decoded in slices of that many rows; in bf16/fp16 the captured encoder layers run with Triton-fused elementwise kernels
 (triton_encoder.py; float32 keeps the eager layers).
 
 torch.compile is opt-in: ``BUDGIE_COMPILE=encoder,decoder`` (or ``all``) compiles one conformer
