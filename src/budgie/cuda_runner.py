@@ -12,8 +12,8 @@ then decodes in one launch of a persistent kernel, no graph: in bf16/fp16 up to 
 C++ one that keeps the decoder's weights in shared memory (cuda_loop.py), else (float32, or
 where it cannot build) up to 4 rows the Triton one (triton_loop.py). Up to ``TRITON_MAX_BATCH``
 rows the captured decoder step is the Triton one (triton_decoding.py), and larger batches are
-decoded in slices of that many rows; in bf16/fp16 the captured encoder layers run with Triton-fused elementwise kernels
-(triton_encoder.py; float32 keeps the eager layers).
+decoded in slices of that many rows. In bf16/fp16 the captured encoder layers run with
+Triton-fused elementwise kernels (triton_encoder.py; float32 keeps the eager layers).
 
 torch.compile is opt-in: ``BUDGIE_COMPILE=encoder,decoder`` (or ``all``) compiles one conformer
 layer and the torch decoder step before capture instead. The compilation stalls the call that
