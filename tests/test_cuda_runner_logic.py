@@ -255,6 +255,7 @@ class _FakeKernel(_FakeLoop):
     """Stands in for the shared-memory CUDA machine: only for networks it says it supports."""
 
     supported = True
+    max_batch = 8  # (the Triton loop's: 4)
 
     @classmethod
     def supports(cls, network: ParakeetTDT) -> bool:
@@ -266,21 +267,26 @@ class _BrokenKernel(_FakeKernel):
         raise RuntimeError("no NVRTC here")
 
 
-@pytest.mark.parametrize(("supported", "batch"), [(True, 1), (True, 4), (False, 1), (True, 8)])
+@pytest.mark.parametrize(
+    ("supported", "batch"), [(True, 1), (True, 8), (False, 1), (False, 8), (True, 16)]
+)
 def test_kernel_machine_first_where_it_supports_the_network(
     synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch, supported: bool, batch: int
 ) -> None:
     """The shared-memory kernel machine before the Triton loop, for networks it supports (16-bit
-    weights) up to its max_batch; otherwise the Triton loop (up to its own max_batch) as before,
-    without a warning."""
+    weights) up to its max_batch (8); otherwise the Triton loop up to its own (4), then the
+    graphed Triton step, without a warning."""
     monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
     monkeypatch.setattr(_FakeKernel, "supported", supported)
     runner = cuda_runner.CudaRunner(synth_models.model("tiny").network)
     runner.triton_decoder, runner.loop_decoder = _FakeTriton, _FakeLoop
     runner.kernel_decoder = _FakeKernel
     machine, graph = runner._decoder_machine(batch, 512, torch.device("cpu"), graphed=True)
-    want = _FakeKernel if supported and batch <= 4 else _FakeLoop if batch <= 4 else _FakeTriton
-    assert type(machine) is want and (graph is None) == (batch <= 4)
+    if supported and batch <= 8:
+        want: type[StepDecoder] = _FakeKernel
+    else:
+        want = _FakeLoop if batch <= 4 else _FakeTriton
+    assert type(machine) is want and (graph is None) == (want is not _FakeTriton)
     assert runner.kernel_decoder is _FakeKernel  # still there for the next shape
 
 
