@@ -184,27 +184,34 @@ def test_compile_errors_name_the_problem() -> None:
 
 
 def test_background_compile(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The batch-1 kernel of a 16-bit network's weights is compiled in a thread (whatever it
-    raises stays there: the machine's own build reports it); nothing for float32 or the CPU."""
+    """The variants for a 16-bit network's weights are compiled in a thread, batch 1 first; the
+    first failure ends it (what it raises stays there: the machine's own build reports it);
+    nothing for float32 or the CPU."""
     from budgie import cuda_driver, cuda_loop
 
     asked: list[tuple[str, tuple[str, ...]]] = []
+    fail = {"now": False}
 
     def fake_compiled(arch: str, options: tuple[str, ...]) -> bytes:
         asked.append((arch, options))
-        raise cuda_driver.KernelUnavailable("no NVRTC here")
+        if fail["now"]:
+            raise cuda_driver.KernelUnavailable("no NVRTC here")
+        return b"cubin"
 
     monkeypatch.setattr(cuda_loop, "compiled", fake_compiled)
     monkeypatch.setattr(cuda_driver, "arch_of", lambda device: "sm_90")
     cuda = torch.device("cuda", 0)
     assert cuda_loop.compile_in_background(cuda, torch.float32) is None
     assert cuda_loop.compile_in_background(torch.device("cpu"), torch.bfloat16) is None
-    for dtype in (torch.bfloat16, torch.float16):
-        thread = cuda_loop.compile_in_background(cuda, dtype)
-        assert thread is not None
-        thread.join(timeout=10)
-    assert asked == [
-        ("sm_90", cuda_loop.kernel_options(torch.bfloat16, 1)),
-        ("sm_90", cuda_loop.kernel_options(torch.float16, 1)),
-    ]
-    assert "-DWEIGHT_FP16" in asked[1][1] and "-DMAX_ROWS=1" in asked[0][1]
+    thread = cuda_loop.compile_in_background(cuda, torch.bfloat16)
+    assert thread is not None
+    thread.join(timeout=10)
+    rows = [1, 2, 4, 8]
+    assert asked == [("sm_90", cuda_loop.kernel_options(torch.bfloat16, r)) for r in rows]
+    asked.clear()
+    fail["now"] = True
+    thread = cuda_loop.compile_in_background(cuda, torch.float16)
+    assert thread is not None
+    thread.join(timeout=10)
+    assert asked == [("sm_90", cuda_loop.kernel_options(torch.float16, 1))]
+    assert "-DWEIGHT_FP16" in asked[0][1] and "-DMAX_ROWS=1" in asked[0][1]

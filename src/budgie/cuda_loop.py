@@ -150,18 +150,20 @@ def compiled(arch: str, options: tuple[str, ...]) -> bytes:
 
 
 def compile_in_background(device: torch.device, dtype: torch.dtype) -> threading.Thread | None:
-    """Compile the batch-1 kernel for ``dtype`` in a daemon thread (NVRTC releases the
-    interpreter lock), so that the first shape that wants it (a shape's second use, when its
-    graphs are due) does not wait for the compiler; None where it cannot apply."""
+    """Compile the kernel's variants for ``dtype`` in a daemon thread (NVRTC releases the
+    interpreter lock), batch 1 first, so that the first shape that wants one (a shape's second
+    use, when its graphs are due) does not wait for the compiler; they stay cached on disk for
+    later processes. None where it cannot apply."""
     if dtype not in WEIGHT_DTYPES or device.type != "cuda":
         return None
     arch = cuda_driver.arch_of(device)
 
     def run() -> None:
-        try:
-            compiled(arch, kernel_options(dtype, 1))
-        except Exception:  # the machine's own build reports it, and falls back
-            return
+        for rows in (1, 2, 4, 8):
+            try:
+                compiled(arch, kernel_options(dtype, rows))
+            except Exception:  # the machine's own build reports it, and falls back
+                return
 
     thread = threading.Thread(target=run, name="budgie-nvrtc", daemon=True)
     thread.start()
