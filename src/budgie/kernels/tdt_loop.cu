@@ -20,13 +20,11 @@
 // critical path. Logits alternate between two buffers, so a block that starts the next step's
 // joint phase cannot overwrite logits a slower block is still reading after a blank step.
 
-#ifndef MAX_ROWS  // rows of the batch (1, 2 or 4): the machine's batch bucket
+#ifndef MAX_ROWS  // rows of the batch (1, 2, 4 or 8): the machine's batch bucket
 #define MAX_ROWS 4
 #endif
 #define THREADS 512
 #define WARPS (THREADS / 32)
-#define GROUP 16  // lanes that share one output row of a product
-#define GROUPS (THREADS / GROUP)
 
 // With -DPROFILE block 0's first thread adds up the SM clock cycles spent in each part of the
 // loop (slots below) and writes them, and the steps taken, to `profile` at the end.
