@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from budgie.cuda_driver import KernelUnavailable
-from budgie.cuda_loop import MAX_ROWS, KernelLoopDecoder, Partition, pack_weights
+from budgie.cuda_loop import MAX_ROWS, KernelLoopDecoder, Partition, kernel_weights, pack_weights
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
 from conftest import SynthModels
 from decoder_machines import (
@@ -83,6 +83,38 @@ def test_packed_layout(
                 assert torch.equal(got, want), (p, r)
                 offset += width
         assert offset == share.numel()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kernel_weights(synth_models: SynthModels, dtype: torch.dtype) -> None:
+    """What the kernel reads, built on the CPU: layer 0's per-label table is the embedding times
+    the rounded W_ih0, the start's recurrent products are the rounded W_hh times the start h,
+    the packed weights are the rounded matrices' layout, the biases are b_ih + b_hh."""
+    net = synth_models.model("tiny").network
+    cfg = net.cfg.decoding
+    ref = StepDecoder(net.decoder, net.joint, 1, 8, cfg.durations, 2, torch.device("cpu"))
+    start_h = ref.rounded_start(dtype)[1][:, 0]
+    out = net.joint.joint_net[2]
+    assert isinstance(out, torch.nn.Linear)
+    part = Partition.over(7, start_h.shape[1], net.cfg.joint.joint_hidden, out.weight.shape[0])
+    got = kernel_weights(net.decoder, net.joint, part, dtype, start_h)
+    lstm = net.decoder.prediction.dec_rnn.lstm
+    rounded = {n: p.detach().to(dtype) for n, p in lstm.named_parameters() if "weight" in n}
+    embed = net.decoder.prediction.embed.weight.detach().double()
+    table = embed @ rounded["weight_ih_l0"].double().T
+    torch.testing.assert_close(got.table, table.float())
+    for layer in range(lstm.num_layers):
+        rec = rounded[f"weight_hh_l{layer}"].double() @ start_h[layer].double()
+        torch.testing.assert_close(got.start_rec[layer], rec.float())
+        bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+        torch.testing.assert_close(got.b_lstm[layer], bias.detach())
+    layers = range(lstm.num_layers)
+    w_ih = torch.stack([rounded[f"weight_ih_l{i}"] for i in layers])
+    w_hh = torch.stack([rounded[f"weight_hh_l{i}"] for i in layers])
+    w_pred, w_out = net.joint.pred.weight.detach().to(dtype), out.weight.detach().to(dtype)
+    assert torch.equal(got.packed, pack_weights(w_ih, w_hh, w_pred, w_out, part))
+    assert got.packed.dtype == dtype and got.table.dtype == torch.float32
+    assert torch.equal(got.b_out, out.bias.detach()) and got.b_pred.shape == (w_pred.shape[0],)
 
 
 def test_refusals(synth_models: SynthModels) -> None:

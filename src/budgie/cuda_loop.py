@@ -5,7 +5,7 @@ Why: the Triton loop kernel (triton_loop.py) already decodes in one launch, but 
 emitting step's four phases re-reads its programs' weight tiles from L2 (~80 KB per program
 per phase): a phase took ~4.5 us, of which a grid barrier is ~1 us
 (benchmarks/results/gpu_barrier_micro_*.json), so an emitting step cost ~18 us. A block of this
-kernel copies its share of the 16-bit weights (~120 KB for parakeet-tdt-0.6b-v2 over 129 blocks)
+kernel copies its share of the 16-bit weights (~93 KB for parakeet-tdt-0.6b-v2 over 129 blocks)
 into shared memory once per launch, and a phase then only reads its input vector from L2.
 Triton has no way to keep data in shared memory across a loop, hence CUDA C++, compiled at run
 time with NVRTC (cuda_driver.py) and cached on disk.
@@ -13,9 +13,12 @@ time with NVRTC (cuda_driver.py) and cached on disk.
 The split (``Partition``): block p holds hidden units [p*U, (p+1)*U) of every LSTM layer (their
 four gate rows, so the cell update and its c stay in the block), rows [p*RJ, (p+1)*RJ) of the
 prediction projection and rows [p*RN, (p+1)*RN) of the joint's output layer. The phases and the
-bookkeeping are triton_loop.py's (the kernel's header comment lists them); weights are read as
-16-bit numbers and everything else is float32, as the Triton machines do in bf16/fp16, so the
-hypotheses equal theirs but for an argmax near-tie (a different summation order).
+bookkeeping are triton_loop.py's (the kernel's header comment lists them), but for two changes
+that take work off a step's critical path: layer 0's input product is looked up in a per-label
+table (W_ih0 @ embedding, made once per machine), and the recurrent halves W_hh @ h are computed
+while a block waits at a grid barrier. Weights are read as 16-bit numbers and everything else is
+float32, as the Triton machines do in bf16/fp16, so the hypotheses equal theirs but for an argmax
+near-tie (a different summation order).
 
 Only for 16-bit weights (float32 ones would not fit in shared memory), up to MAX_ROWS rows, and
 on GPUs whose blocks can hold a share: otherwise the machine raises ``KernelUnavailable`` when
@@ -124,6 +127,50 @@ def pack_weights(
     return torch.cat(parts, dim=1).contiguous()
 
 
+@dataclass
+class KernelWeights:
+    """What the kernel reads besides its inputs: the packed 16-bit weights, the float32 biases,
+    layer 0's input product per label and the start state's recurrent products."""
+
+    packed: Tensor  # [blocks, block_elements] (pack_weights)
+    table: Tensor  # [labels, 4H] W_ih0 @ embedding
+    start_rec: Tensor  # [L, 4H] W_hh_l @ h_l of the start state
+    b_lstm: Tensor  # [L, 4H] b_ih + b_hh
+    b_pred: Tensor  # [J]
+    b_out: Tensor  # [N]
+
+
+@torch.no_grad()
+def kernel_weights(
+    decoder: Decoder, joint: Joint, part: Partition, dtype: torch.dtype, start_h: Tensor
+) -> KernelWeights:
+    """The kernel's weights from the prediction network and joint, on ``start_h``'s device:
+    matrices rounded to ``dtype`` as the kernel reads them; the table and the recurrent products
+    from those rounded matrices with float64 sums (no TF32, whatever the process's matmul
+    precision). start_h: [L, H], the start state's h."""
+    device, wd = start_h.device, dtype
+    lstm = decoder.prediction.dec_rnn.lstm
+    layers = range(lstm.num_layers)
+    w_ih = torch.stack([getattr(lstm, f"weight_ih_l{i}") for i in layers]).to(device, wd)
+    w_hh = torch.stack([getattr(lstm, f"weight_hh_l{i}") for i in layers]).to(device, wd)
+    if w_ih.shape[2] != w_hh.shape[2]:
+        raise KernelUnavailable("the LSTM's input size differs from its hidden size")
+    biases = [getattr(lstm, f"bias_ih_l{i}") + getattr(lstm, f"bias_hh_l{i}") for i in layers]
+    out = joint.joint_net[2]
+    assert isinstance(out, torch.nn.Linear)
+    w_pred, w_out = joint.pred.weight.to(device, wd), out.weight.to(device, wd)
+    embed = decoder.prediction.embed.weight.to(device, torch.float64)
+    start_rec = torch.einsum("lgh,lh->lg", w_hh.double(), start_h.double())
+    return KernelWeights(
+        packed=pack_weights(w_ih, w_hh, w_pred, w_out, part),
+        table=(embed @ w_ih[0].double().T).float().contiguous(),
+        start_rec=start_rec.float().contiguous(),
+        b_lstm=torch.stack(biases).to(device, torch.float32).contiguous(),
+        b_pred=joint.pred.bias.to(device, torch.float32).contiguous(),
+        b_out=out.bias.to(device, torch.float32).contiguous(),
+    )
+
+
 _kernels: dict[tuple[int, tuple[str, ...], int], Kernel] = {}
 _cubins: dict[tuple[str, tuple[str, ...]], bytes] = {}
 _lock = threading.Lock()  # one compile of a kernel at a time, whichever thread asks
@@ -214,38 +261,19 @@ class KernelLoopDecoder(StepDecoder):
             raise KernelUnavailable(f"hidden sizes {hidden}, {joint_hidden} not multiples of 8")
         out = joint.joint_net[2]
         assert isinstance(out, torch.nn.Linear)
-        wd = weight_dtype
-        with torch.no_grad():
-            rounded = [  # the weight matrices as the kernel reads them, and the biases
-                (w_ih.to(wd), w_hh.to(wd), b_ih + b_hh)
-                for w_ih, w_hh, b_ih, b_hh in self.lstm.layers
-            ]
-            w_ih = torch.stack([w for w, _, _ in rounded]).to(device)
-            w_hh = torch.stack([w for _, w, _ in rounded]).to(device)
-            if w_ih.shape[2] != hidden:
-                raise KernelUnavailable("the LSTM's input size differs from its hidden size")
-            self.b_lstm = torch.stack([b for _, _, b in rounded]).to(device, torch.float32)
-            self.b_pred = joint.pred.bias.detach().to(device, torch.float32).contiguous()
-            self.b_out = out.bias.detach().to(device, torch.float32).contiguous()
-            self.num_outputs = out.weight.shape[0]
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-            self.partition = Partition.over(sms, hidden, joint_hidden, self.num_outputs)
-            self.kernel_rows = rows = 1 << max(0, batch - 1).bit_length()  # 1, 2, 4 or 8
-            shared = self.partition.shared_bytes(rows, layers, hidden, joint_hidden)
-            limit = cuda_driver.shared_memory_limit(device)
-            if shared > limit:
-                raise KernelUnavailable(f"needs {shared} bytes of shared memory, {limit} here")
-            w_pred = joint.pred.weight.detach().to(device, wd)
-            w_out = out.weight.detach().to(device, wd)
-            self.packed = pack_weights(w_ih, w_hh, w_pred, w_out, self.partition)
-            # Layer 0's input product for every label (float64 sums: no TF32, whatever the
-            # process's matmul precision), and the start state's recurrent products.
-            embed = decoder.prediction.embed.weight.detach().to(device, torch.float64)
-            self.table = (embed @ w_ih[0].double().T).float().contiguous()
-            self._start = self.rounded_start(wd)
-            start_pred, start_h, start_c = self._start
-            start_rec = torch.einsum("lgh,lh->lg", w_hh.double(), start_h[:, 0].double())
-            self.start_rec = start_rec.float().contiguous()
+        self.num_outputs = out.weight.shape[0]
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        self.partition = Partition.over(sms, hidden, joint_hidden, self.num_outputs)
+        self.kernel_rows = rows = 1 << max(0, batch - 1).bit_length()  # 1, 2, 4 or 8
+        shared = self.partition.shared_bytes(rows, layers, hidden, joint_hidden)
+        limit = cuda_driver.shared_memory_limit(device)
+        if shared > limit:
+            raise KernelUnavailable(f"needs {shared} bytes of shared memory, {limit} here")
+        self._start = self.rounded_start(weight_dtype)
+        start_pred, start_h, start_c = self._start
+        weights = kernel_weights(decoder, joint, self.partition, weight_dtype, start_h[:, 0])
+        self.packed, self.table, self.start_rec = weights.packed, weights.table, weights.start_rec
+        self.b_lstm, self.b_pred, self.b_out = weights.b_lstm, weights.b_pred, weights.b_out
         self.start_pred = start_pred[0].contiguous()
         self.start_c = start_c[:, 0].contiguous()
         self.shared_pred = torch.zeros(rows, joint_hidden, device=device)
@@ -255,7 +283,7 @@ class KernelLoopDecoder(StepDecoder):
         # With ``profile``: SM cycles per part of the loop and the steps taken (the kernel's
         # PROFILE slots), from the last decode.
         self.profile = torch.zeros(11, dtype=torch.long, device=device) if profile else None
-        self.kernel = load_kernel(device, kernel_options(wd, rows, profile), shared)
+        self.kernel = load_kernel(device, kernel_options(weight_dtype, rows, profile), shared)
         if self.kernel.resident_blocks(THREADS) < 1:
             raise KernelUnavailable("a block of the decode kernel does not fit on an SM")
         self._arguments = self._kernel_arguments()
