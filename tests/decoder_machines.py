@@ -15,6 +15,10 @@ from budgie.transducer import Decoder
 from conftest import SynthModels
 
 MAX_SYMBOLS = 2  # small, so that the cap is reached
+# Batches in a row on one machine of 4 rows: lengths (0 = an empty row), scale, seed.
+BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9], 0.3, 1)]
+
+Outcome = tuple[list[int], list[int], list[int], int]
 
 
 def network(synth_models: SynthModels, device: str) -> ParakeetTDT:
@@ -30,8 +34,13 @@ def random_enc_proj(
     return enc.to(device), torch.tensor(lengths, device=device)
 
 
-def outcome(hyps: list[Hypothesis]) -> list[tuple[list[int], list[int], list[int], int]]:
+def outcome(hyps: list[Hypothesis]) -> list[Outcome]:
     return [(h.token_ids, h.frames, h.durations, h.steps) for h in hyps]
+
+
+def hits_the_cap(outcomes: list[Outcome]) -> bool:
+    """Whether some row emitted MAX_SYMBOLS labels on one frame (then the frame moves on)."""
+    return any(h[1][i] == h[1][i + MAX_SYMBOLS - 1] for h in outcomes for i in range(len(h[1]) - 1))
 
 
 def rounded_weights(net: ParakeetTDT, dtype: torch.dtype) -> ParakeetTDT:

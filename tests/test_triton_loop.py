@@ -21,7 +21,9 @@ from budgie.triton_decoding import TritonStepDecoder
 from budgie.triton_loop import LOOP_MAX_BATCH, LoopConfig, LoopDecoder
 from conftest import SynthModels
 from decoder_machines import (
+    BATCHES,
     MAX_SYMBOLS,
+    hits_the_cap,
     network,
     other_depth,
     outcome,
@@ -29,10 +31,6 @@ from decoder_machines import (
     rounded_weights,
 )
 from test_triton_decoding import DEVICES
-
-# Batches in a row on one machine of 4 rows: lengths (0 = an empty row), scale, seed.
-BATCHES = [([16], 1.5, 3), ([16, 7, 0], 1.5, 0), ([5, 20, 11, 1], 1.5, 2), ([9], 0.3, 1)]
-
 
 # LoopConfigs tested: the default; narrow tiles (on the GPU more tiles than programs, so each
 # program walks several); look-ahead windows of 2 and 4 frames (blanks walked within them).
@@ -94,9 +92,7 @@ def test_loop_decodes_as_the_step_machines(
         )
         assert [h[3] > 0 for h in want] == [n > 0 for n in lengths]
         emitted += sum(len(h[0]) for h in want)
-        capped = capped or any(  # the cap: MAX_SYMBOLS labels on a frame, then the frame moves on
-            h[1][i] == h[1][i + MAX_SYMBOLS - 1] for h in want for i in range(len(h[1]) - 1)
-        )
+        capped = capped or hits_the_cap(want)
     assert emitted >= 20 and capped
 
 

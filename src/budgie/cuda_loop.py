@@ -37,7 +37,7 @@ from torch import Tensor
 
 from budgie import cuda_driver
 from budgie.cuda_driver import Argument, Arguments, Kernel, KernelUnavailable, pointer
-from budgie.gpu_decoding import StepDecoder
+from budgie.gpu_decoding import OneLaunchDecoder
 from budgie.model import ParakeetTDT
 from budgie.transducer import Decoder, Joint
 
@@ -228,13 +228,11 @@ def load_kernel(device: torch.device, options: tuple[str, ...], shared_bytes: in
         return _kernels[key]
 
 
-class KernelLoopDecoder(StepDecoder):
+class KernelLoopDecoder(OneLaunchDecoder):
     """A step machine whose ``step`` decodes the loaded batch to its end in one launch of the
-    shared-memory kernel, like triton_loop.LoopDecoder (the same ``reset``/``step`` contract:
-    no copies of the inputs, one launch, no host sync)."""
+    shared-memory kernel (OneLaunchDecoder's contract, as triton_loop.LoopDecoder)."""
 
     max_batch = MAX_ROWS
-    runs_to_end = True
 
     def __init__(
         self,
@@ -287,7 +285,6 @@ class KernelLoopDecoder(StepDecoder):
         if self.kernel.resident_blocks(THREADS) < 1:
             raise KernelUnavailable("a block of the decode kernel does not fit on an SM")
         self._arguments = self._kernel_arguments()
-        self._inputs: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def network_options(cls, network: ParakeetTDT) -> dict[str, torch.dtype]:
@@ -299,31 +296,12 @@ class KernelLoopDecoder(StepDecoder):
         """Whether a network's decoding can run here at all (16-bit weights)."""
         return network.encoder.matmul_dtype in WEIGHT_DTYPES
 
-    @torch.inference_mode()
-    def reset(self, enc_proj: Tensor, lengths: Tensor) -> None:
-        b, t, _ = enc_proj.shape
-        if b > self.batch or t > self.max_frames:
-            raise ValueError(f"batch {b}x{t} exceeds the machine's {self.batch}x{self.max_frames}")
-        self._inputs = (enc_proj.float().contiguous(), lengths.to(torch.long).contiguous())
-
-    def warm_up(self) -> None:
-        """Run the kernel once (one frame of zeros), so that a GPU it cannot run on fails here,
-        where the caller can fall back, not in the middle of a transcription."""
-        enc = torch.zeros(1, 1, self.enc_proj.shape[2], device=self.enc_proj.device)
-        self.reset(enc, torch.ones(1, dtype=torch.long, device=enc.device))
-        self.step()
-        self.hypotheses(1)
-
-    def any_active(self) -> bool:
-        """True from ``reset`` until ``step`` has run the batch to its end."""
-        return self._inputs is not None
-
     def step(self) -> None:
         """Decode the loaded batch to its end (one kernel launch; no host sync)."""
-        if self._inputs is None:
+        inputs = self.take_inputs()
+        if inputs is None:
             return
-        enc_proj, lengths = self._inputs
-        self._inputs = None
+        enc_proj, lengths = inputs
         b, t, _ = enc_proj.shape
         enc_arg, lengths_arg, batch_arg, frames_arg = self._changing
         enc_arg.value, lengths_arg.value = enc_proj.data_ptr(), lengths.data_ptr()

@@ -255,6 +255,40 @@ class StepDecoder:
         return counts, steps, out.numpy()
 
 
+class OneLaunchDecoder(StepDecoder):
+    """A step machine whose ``step`` decodes the loaded batch to its end in one kernel launch
+    (triton_loop.LoopDecoder, cuda_loop.KernelLoopDecoder). ``reset`` only records the inputs
+    (no copies: the launch reads them where they are) and ``any_active`` is true until that one
+    ``step``, so ``decode_with_steps`` without a graph runs exactly one launch."""
+
+    runs_to_end = True
+    _inputs: tuple[Tensor, Tensor] | None = None
+
+    @torch.inference_mode()
+    def reset(self, enc_proj: Tensor, lengths: Tensor) -> None:
+        b, t, _ = enc_proj.shape
+        if b > self.batch or t > self.max_frames:
+            raise ValueError(f"batch {b}x{t} exceeds the machine's {self.batch}x{self.max_frames}")
+        self._inputs = (enc_proj.float().contiguous(), lengths.to(torch.long).contiguous())
+
+    def take_inputs(self) -> tuple[Tensor, Tensor] | None:
+        """The loaded batch for ``step`` to launch on, once (None until the next ``reset``)."""
+        inputs, self._inputs = self._inputs, None
+        return inputs
+
+    def warm_up(self) -> None:
+        """Compile and run the kernel once (one frame of zeros), so that a GPU it cannot run on
+        fails here, where the caller can fall back, not in the middle of a transcription."""
+        enc = torch.zeros(1, 1, self.enc_proj.shape[2], device=self.enc_proj.device)
+        self.reset(enc, torch.ones(1, dtype=torch.long, device=enc.device))
+        self.step()
+        self.hypotheses(1)
+
+    def any_active(self) -> bool:
+        """True from ``reset`` until ``step`` has run the batch to its end."""
+        return self._inputs is not None
+
+
 class GraphedStepDecoder:
     """Replays STEPS_PER_GRAPH steps of a StepDecoder from one CUDA graph.
 

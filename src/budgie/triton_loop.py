@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from budgie.gpu_decoding import OneLaunchDecoder
 from budgie.transducer import Decoder, Joint
 from budgie.triton_decoding import TritonConfig, TritonStepDecoder
 from budgie.triton_tiles import (
@@ -241,15 +242,12 @@ def resident_programs(device: torch.device) -> int:
     return int(torch.cuda.get_device_properties(device).multi_processor_count)
 
 
-class LoopDecoder(TritonStepDecoder):
-    """A step machine whose ``step`` decodes the loaded batch to its end in one launch.
-
-    ``reset`` only records the inputs (no copies: the launch reads them where they are) and
-    ``any_active`` is true until that one ``step``, so ``decode_with_steps`` without a graph
-    runs exactly one launch. Batches of up to LOOP_MAX_BATCH rows."""
+class LoopDecoder(OneLaunchDecoder, TritonStepDecoder):
+    """The Triton step machine's weights and buffers, decoding a loaded batch of up to
+    LOOP_MAX_BATCH rows to its end in one launch of the loop kernel (OneLaunchDecoder's
+    contract)."""
 
     max_batch = LOOP_MAX_BATCH
-    runs_to_end = True
 
     def __init__(
         self,
@@ -282,7 +280,6 @@ class LoopDecoder(TritonStepDecoder):
         self.window_logits = torch.zeros(2, batch * config.window, self.num_outputs, device=device)
         self.h_pair = torch.zeros(2, layers, batch, hidden, device=device)
         self.c_pair = torch.zeros_like(self.h_pair)
-        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         tiles = max(
             triton.cdiv(self.num_outputs, config.block_n),
             triton.cdiv(hidden, config.block_h),
@@ -293,32 +290,12 @@ class LoopDecoder(TritonStepDecoder):
             self.programs = 1  # the interpreter runs programs one by one
         self.counter = torch.zeros(1, dtype=torch.int32, device=device)  # barrier arrivals
 
-    @torch.inference_mode()
-    def reset(self, enc_proj: torch.Tensor, lengths: torch.Tensor) -> None:
-        b, t, _ = enc_proj.shape
-        if b > self.batch or t > self.max_frames:
-            raise ValueError(f"batch {b}x{t} exceeds the machine's {self.batch}x{self.max_frames}")
-        self._inputs = (enc_proj.float().contiguous(), lengths.to(torch.long).contiguous())
-
-    def warm_up(self) -> None:
-        """Compile and run the kernel once (one frame of zeros), so that a GPU it cannot run on
-        fails here, where the caller can fall back, not in the middle of a transcription."""
-        hidden = self.enc_proj.shape[2]
-        enc = torch.zeros(1, 1, hidden, device=self.enc_proj.device)
-        self.reset(enc, torch.ones(1, dtype=torch.long, device=enc.device))
-        self.step()
-        self.hypotheses(1)
-
-    def any_active(self) -> bool:
-        """True from ``reset`` until ``step`` has run the batch to its end."""
-        return self._inputs is not None
-
     def step(self) -> None:
         """Decode the loaded batch to its end (one kernel launch; no host sync)."""
-        if self._inputs is None:
+        inputs = self.take_inputs()
+        if inputs is None:
             return
-        enc_proj, lengths = self._inputs
-        self._inputs = None
+        enc_proj, lengths = inputs
         b, t, hidden = enc_proj.shape
         cfg = self.config
         bb = int(triton.next_power_of_2(max(b, 1)))
