@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import statistics
 import sys
@@ -259,18 +260,24 @@ def main() -> None:
                 for dtype, suffix in ((torch.float32, ""), (bf16, "_bf16")):
                     make = triton_machine(b, config, dtype, LoopDecoder)
                     plan.append((name + suffix, b, make, "loop"))
-    try:  # the shared-memory CUDA kernel (cuda_loop.py), bf16 and fp16 weights only
+    try:  # the shared-memory CUDA kernels (cuda_loop.py, cuda_cluster.py), 16-bit weights
+        from budgie.cuda_cluster import ClusterLoopDecoder
         from budgie.cuda_loop import MAX_ROWS, KernelLoopDecoder
 
+        kinds = {"kernel_loop": KernelLoopDecoder, "cluster_loop": ClusterLoopDecoder}
         for b in [b for b in BATCHES if b <= MAX_ROWS]:
-            for dtype, suffix in ((bf16, "_bf16"), (torch.float16, "_fp16")):
+            for (prefix, kind), (dtype, suffix) in itertools.product(
+                kinds.items(), ((bf16, "_bf16"), (torch.float16, "_fp16"))
+            ):
 
-                def kernel_machine(b: int = b, dtype: torch.dtype = dtype) -> StepDecoder:
-                    return KernelLoopDecoder(
+                def kernel_machine(
+                    b: int = b, dtype: torch.dtype = dtype, kind: type = kind
+                ) -> StepDecoder:
+                    return kind(  # type: ignore[no-any-return]
                         decoder, joint, b, MAX_FRAMES, durations, max_symbols, device, dtype
                     )
 
-                plan.append(("kernel_loop" + suffix, b, kernel_machine, "loop"))
+                plan.append((prefix + suffix, b, kernel_machine, "loop"))
     except Exception:
         result["errors"]["import cuda_loop"] = traceback.format_exc()[-3000:]
     # torch.compile takes ~10-30 s per batch size: the most telling sizes first.

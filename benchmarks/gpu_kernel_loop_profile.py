@@ -2,10 +2,11 @@
 full-size parakeet-tdt-0.6b-v2 prediction network and joint (gpu_decoder_micro.py's synthetic
 weights and random encoder outputs, its "blank" and "emit" regimes).
 
-Per batch (1, 2, 4) and regime: microseconds per step of the kernel as built (median of --reps
-decodes), of the kernel with the fenced barrier arrival (cuda_loop.FENCED_BARRIER, alternated
-with it), of the Triton loop kernel in bf16, and, from a -DPROFILE build, block 0's SM cycles
-per part of the loop converted to microseconds per step (the clock rate the driver reports).
+Per batch (1, 2, 4) and regime: microseconds per step of the plain kernel (tdt_loop.cu), of
+the cluster kernel (cuda_cluster.py, the joint on a thread-block cluster) and of the Triton loop
+kernel in bf16 (medians of --reps decodes, alternated), whether the two CUDA kernels' tokens
+agree, and, from -DPROFILE builds, block 0's SM cycles per part of the loop converted to
+microseconds per step (the clock rate the driver reports).
 
     python3 benchmarks/gpu_kernel_loop_profile.py --out $OUT/gpu_kernel_loop_profile.json
 """
@@ -27,7 +28,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import torch  # noqa: E402
 from gpu_decoder_micro import MAX_FRAMES, REGIMES, SPEC, build_network  # noqa: E402
 
-from budgie import cuda_driver, cuda_loop  # noqa: E402
+from budgie import cuda_driver  # noqa: E402
+from budgie.cuda_cluster import ClusterLoopDecoder  # noqa: E402
 from budgie.cuda_loop import KernelLoopDecoder  # noqa: E402
 from budgie.gpu_decoding import StepDecoder  # noqa: E402
 
@@ -43,6 +45,24 @@ SLOTS = (  # the kernel's PROFILE slots (kernels/tdt_loop.cu)
     "recurrent_products_while_waiting",
     "loop_control",
 )
+CLUSTER_SLOTS = (  # the cluster kernel's (kernels/tdt_cluster.cu), its joint block 0
+    "publish_and_pred_wait",
+    "joint_input",
+    "joint_product_and_warp_candidates",
+    "block_candidates_and_cluster_barrier",
+    "select_and_row_state",
+)
+
+
+def per_step(machine: Any, slots: tuple[str, ...], clock_ghz: float) -> dict[str, Any]:
+    """A profiled machine's cycles of its last decode, in microseconds per step."""
+    counts = machine.profile.tolist()
+    loop_steps = max(counts[-1], 1)
+    split = {
+        slot: round(c / clock_ghz / 1000 / loop_steps, 3)
+        for slot, c in zip(slots, counts[:-1], strict=True)
+    }
+    return {"us_per_step": split, "steps": loop_steps}
 
 
 def timed(machine: StepDecoder, enc: torch.Tensor, lengths: torch.Tensor) -> tuple[float, int]:
@@ -87,22 +107,16 @@ def main() -> None:
         lengths = torch.full((b,), args.frames, dtype=torch.long, device=device)
         make = (decoder, joint, b, MAX_FRAMES, durations, max_symbols, device)
 
-        def kernel(
-            profile: bool = False, fenced: bool = False, make: tuple[Any, ...] = make
-        ) -> KernelLoopDecoder:
-            cuda_loop.FENCED_BARRIER = fenced
-            try:
-                return KernelLoopDecoder(*make, bf16, profile=profile)  # type: ignore[arg-type]
-            finally:
-                cuda_loop.FENCED_BARRIER = False
-
         machines: dict[str, StepDecoder] = {
-            "kernel": kernel(),
-            "kernel_fenced": kernel(fenced=True),
+            "kernel": KernelLoopDecoder(*make, bf16),  # type: ignore[arg-type]
+            "cluster": ClusterLoopDecoder(*make, bf16),  # type: ignore[arg-type]
         }
         if LoopDecoder is not None:
             machines["triton_loop"] = LoopDecoder(*make, None, bf16)  # type: ignore[arg-type]
-        profiled = kernel(profile=True)
+        profiled = {
+            "kernel": (KernelLoopDecoder(*make, bf16, profile=True), SLOTS),  # type: ignore[arg-type]
+            "cluster": (ClusterLoopDecoder(*make, bf16, profile=True), CLUSTER_SLOTS),  # type: ignore[arg-type]
+        }
         for regime, scale in REGIMES.items():
             with torch.inference_mode():
                 enc = joint.project_encoder(encoded * scale)
@@ -114,14 +128,15 @@ def main() -> None:
                 for name, machine in machines.items():
                     ms, steps = timed(machine, enc, lengths)
                     times[name].append(ms)
-            timed(profiled, enc, lengths)
-            assert profiled.profile is not None
-            counts = profiled.profile.tolist()
-            loop_steps = max(counts[-1], 1)
-            breakdown = {
-                slot: round(c / clock_ghz / 1000 / loop_steps, 3)
-                for slot, c in zip(SLOTS, counts[:-1], strict=True)
-            }
+            tokens = {}
+            for name in ("kernel", "cluster"):
+                machines[name].reset(enc, lengths)
+                machines[name].step()
+                tokens[name] = [h.token_ids for h in machines[name].hypotheses(b)]
+            breakdown = {}
+            for name, (machine, slots) in profiled.items():
+                timed(machine, enc, lengths)
+                breakdown[name] = per_step(machine, slots, clock_ghz)
             run = {
                 "batch": b,
                 "regime": regime,
@@ -129,8 +144,8 @@ def main() -> None:
                 "us_per_step": {
                     n: round(statistics.median(t) * 1000 / steps, 2) for n, t in times.items()
                 },
-                "profile_us_per_step": breakdown,
-                "profile_steps": loop_steps,
+                "same_tokens_kernel_cluster": tokens["kernel"] == tokens["cluster"],
+                "profile": breakdown,
             }
             result["runs"].append(run)
             print(json.dumps(run), flush=True)

@@ -28,11 +28,17 @@ def test_missing_nvrtc_is_kernel_unavailable(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_cubins_are_cached_on_disk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The first request compiles and stores; the same request again (a later process) reads
-    the file; other options, another architecture or another NVRTC compile anew; an unwritable
-    cache only costs the compile."""
+    the file; other options, another architecture, another NVRTC or another header text
+    compile anew; an unwritable cache only costs the compile."""
     compiles: list[tuple[str, tuple[str, ...]]] = []
 
-    def fake_compile(source: str, name: str, arch: str, options: tuple[str, ...] = ()) -> bytes:
+    def fake_compile(
+        source: str,
+        name: str,
+        arch: str,
+        options: tuple[str, ...] = (),
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
         compiles.append((arch, tuple(options)))
         return f"{name}:{arch}:{','.join(options)}".encode()
 
@@ -51,7 +57,12 @@ def test_cubins_are_cached_on_disk(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     version["now"] = "13.1"
     cuda_driver.cached_cubin(source, "k", "sm_90", ("-DA=1",))
     cuda_driver.cached_cubin(source + " ", "k", "sm_90", ("-DA=1",))
-    assert len(compiles) == 5
+    header = {"common.cuh": "#define X 1"}
+    cuda_driver.cached_cubin(source, "k", "sm_90", ("-DA=1",), header)
+    assert len(compiles) == 6
+    cuda_driver.cached_cubin(source, "k", "sm_90", ("-DA=1",), header)  # the same: on disk
+    cuda_driver.cached_cubin(source, "k", "sm_90", ("-DA=1",), {"common.cuh": "#define X 2"})
+    assert len(compiles) == 7
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     monkeypatch.setenv("BUDGIE_CACHE", str(blocked))

@@ -14,6 +14,7 @@ import copy
 import pytest
 import torch
 
+from budgie.cuda_cluster import ClusterLoopDecoder
 from budgie.cuda_driver import KernelUnavailable
 from budgie.cuda_loop import MAX_ROWS, KernelLoopDecoder, Partition, kernel_weights, pack_weights
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
@@ -30,6 +31,11 @@ from decoder_machines import (
 )
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# Both kernels' machines: every block holding a slice of every matrix (tdt_loop.cu), and the
+# joint on a thread-block cluster (tdt_cluster.cu; compute capability 9.0 on).
+MACHINES = pytest.mark.parametrize(
+    "machine", [KernelLoopDecoder, ClusterLoopDecoder], ids=["plain", "cluster"]
+)
 
 
 def test_partition_of_parakeet_sizes() -> None:
@@ -119,26 +125,28 @@ def test_kernel_weights(synth_models: SynthModels, dtype: torch.dtype) -> None:
     assert torch.equal(got.b_out, out.bias.detach()) and got.b_pred.shape == (w_pred.shape[0],)
 
 
-def test_refusals(synth_models: SynthModels) -> None:
+@MACHINES
+def test_refusals(synth_models: SynthModels, machine: type) -> None:
     """Too many rows: ValueError; float32 weights or a CPU device: KernelUnavailable (which
     cuda_runner takes as "fall back"), before any CUDA call."""
     net = synth_models.model("tiny").network
     cfg = net.cfg.decoding
     args = (net.decoder, net.joint)
     with pytest.raises(ValueError, match=f"at most {MAX_ROWS} rows"):
-        KernelLoopDecoder(*args, MAX_ROWS + 1, 8, cfg.durations, 2, torch.device("cuda"))
+        machine(*args, MAX_ROWS + 1, 8, cfg.durations, 2, torch.device("cuda"))
     with pytest.raises(KernelUnavailable, match="bf16 or fp16"):
-        KernelLoopDecoder(*args, 1, 8, cfg.durations, 2, torch.device("cuda"), torch.float32)
+        machine(*args, 1, 8, cfg.durations, 2, torch.device("cuda"), torch.float32)
     with pytest.raises(KernelUnavailable, match="CUDA"):
-        KernelLoopDecoder(*args, 1, 8, cfg.durations, 2, torch.device("cpu"))
-    assert not KernelLoopDecoder.supports(net)  # the tiny model's encoder runs in float32
+        machine(*args, 1, 8, cfg.durations, 2, torch.device("cpu"))
+    assert not machine.supports(net)  # the tiny model's encoder runs in float32
 
 
 @CUDA
+@MACHINES
 @pytest.mark.parametrize("layers", [None, 1, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_kernel_decodes_as_the_torch_machine(
-    synth_models: SynthModels, dtype: torch.dtype, layers: int | None
+    synth_models: SynthModels, dtype: torch.dtype, layers: int | None, machine: type
 ) -> None:
     """Several batches in a row on one 4-row machine (nothing of a decode may leak into the
     next): rows of different lengths, an empty row, a batch where nothing is emitted, the
@@ -153,7 +161,7 @@ def test_kernel_decodes_as_the_torch_machine(
     rounded = rounded_weights(net, dtype)
     ref = StepDecoder(rounded.decoder, rounded.joint, 4, 20, durations, MAX_SYMBOLS, dev)
     parts = (net.decoder, net.joint, 4, 20, durations, MAX_SYMBOLS, dev)
-    kernel = KernelLoopDecoder(*parts, dtype)
+    kernel = machine(*parts, dtype)
     assert kernel.partition.blocks > 1  # the grid barriers are really exercised
     emitted, capped = 0, False
     for lengths, scale, seed in BATCHES:
@@ -171,7 +179,8 @@ def test_kernel_decodes_as_the_torch_machine(
 
 
 @CUDA
-def test_eight_rows(synth_models: SynthModels) -> None:
+@MACHINES
+def test_eight_rows(synth_models: SynthModels, machine: type) -> None:
     """A machine of MAX_ROWS rows (the kernel built for 8), rows of many lengths and an empty
     one: the torch machine's hypotheses on the same rounded weights."""
     net = network(synth_models, "cuda")
@@ -179,7 +188,7 @@ def test_eight_rows(synth_models: SynthModels) -> None:
     durations = net.cfg.decoding.durations
     rounded = rounded_weights(net, torch.bfloat16)
     ref = StepDecoder(rounded.decoder, rounded.joint, MAX_ROWS, 24, durations, MAX_SYMBOLS, dev)
-    kernel = KernelLoopDecoder(net.decoder, net.joint, MAX_ROWS, 24, durations, MAX_SYMBOLS, dev)
+    kernel = machine(net.decoder, net.joint, MAX_ROWS, 24, durations, MAX_SYMBOLS, dev)
     assert kernel.kernel_rows == MAX_ROWS == 8
     for lengths, seed in (([24, 3, 17, 0, 9, 24, 1, 12], 4), ([5, 20, 11], 5)):
         enc, lens = random_enc_proj(net, lengths, max(lengths), 1.5, seed, "cuda")
@@ -189,11 +198,12 @@ def test_eight_rows(synth_models: SynthModels) -> None:
 
 
 @CUDA
-def test_nothing_to_decode(synth_models: SynthModels) -> None:
+@MACHINES
+def test_nothing_to_decode(synth_models: SynthModels, machine: type) -> None:
     net = network(synth_models, "cuda")
     durations = net.cfg.decoding.durations
     dev = torch.device("cuda")
-    kernel = KernelLoopDecoder(net.decoder, net.joint, 2, 8, durations, MAX_SYMBOLS, dev)
+    kernel = machine(net.decoder, net.joint, 2, 8, durations, MAX_SYMBOLS, dev)
     enc, lens = random_enc_proj(net, [0, 0], 8, 1.5, 0, "cuda")
     assert outcome(decode_with_steps(kernel, enc, lens, None)) == [([], [], [], 0)] * 2
 
@@ -212,34 +222,60 @@ def test_compile_errors_name_the_problem() -> None:
 
 
 def test_background_compile(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The variants for a 16-bit network's weights are compiled in a thread, batch 1 first; the
+    """The variants for a 16-bit network's weights are compiled in a thread, batch 1 first:
+    on a GPU with clusters the cluster kernel's (sized for the joint) for the batches that use
+    it (4 and 8 rows), the plain kernel's for the others; only the plain kernel's elsewhere,
+    without the joint's sizes, for a joint too large, or with BUDGIE_CUDA_CLUSTER=0. The
     first failure ends it (what it raises stays there: the machine's own build reports it);
     nothing for float32 or the CPU."""
-    from budgie import cuda_driver, cuda_loop
+    from budgie import cuda_cluster, cuda_driver, cuda_loop
 
-    asked: list[tuple[str, tuple[str, ...]]] = []
+    asked: list[tuple[str, tuple[str, ...], str]] = []
     fail = {"now": False}
+    capability = {"now": (9, 0)}
 
-    def fake_compiled(arch: str, options: tuple[str, ...]) -> bytes:
-        asked.append((arch, options))
+    def fake_compiled(arch: str, options: tuple[str, ...], kernel: str = cuda_loop.KERNEL) -> bytes:
+        asked.append((arch, options, kernel))
         if fail["now"]:
             raise cuda_driver.KernelUnavailable("no NVRTC here")
         return b"cubin"
 
     monkeypatch.setattr(cuda_loop, "compiled", fake_compiled)
     monkeypatch.setattr(cuda_driver, "arch_of", lambda device: "sm_90")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability["now"])
     cuda = torch.device("cuda", 0)
     assert cuda_loop.compile_in_background(cuda, torch.float32) is None
     assert cuda_loop.compile_in_background(torch.device("cpu"), torch.bfloat16) is None
-    thread = cuda_loop.compile_in_background(cuda, torch.bfloat16)
-    assert thread is not None
-    thread.join(timeout=10)
+
+    def compiled_in_background(
+        dtype: torch.dtype, joint: tuple[int, int] | None = None
+    ) -> list[tuple[str, tuple[str, ...], str]]:
+        asked.clear()
+        thread = cuda_loop.compile_in_background(cuda, dtype, joint)
+        assert thread is not None
+        thread.join(timeout=10)
+        return list(asked)
+
     rows = [1, 2, 4, 8]
-    assert asked == [("sm_90", cuda_loop.kernel_options(torch.bfloat16, r)) for r in rows]
-    asked.clear()
+    plain = [
+        ("sm_90", cuda_loop.kernel_options(torch.bfloat16, r), "tdt_decode_loop") for r in rows
+    ]
+    cluster = [
+        ("sm_90", cuda_cluster.cluster_options(torch.bfloat16, r, 640, 1030), "tdt_decode_cluster")
+        for r in (4, 8)
+    ]
+    assert compiled_in_background(torch.bfloat16, (640, 1030)) == plain[:2] + cluster
+    assert compiled_in_background(torch.bfloat16) == plain  # (no joint sizes given)
+    assert compiled_in_background(torch.bfloat16, (640, 8198)) == plain  # too large a joint
+    capability["now"] = (8, 0)
+    plain = [
+        ("sm_90", cuda_loop.kernel_options(torch.bfloat16, r), "tdt_decode_loop") for r in rows
+    ]
+    assert compiled_in_background(torch.bfloat16) == plain
+    capability["now"] = (9, 0)
+    monkeypatch.setenv("BUDGIE_CUDA_CLUSTER", "0")
+    assert compiled_in_background(torch.bfloat16) == plain
     fail["now"] = True
-    thread = cuda_loop.compile_in_background(cuda, torch.float16)
-    assert thread is not None
-    thread.join(timeout=10)
-    assert asked == [("sm_90", cuda_loop.kernel_options(torch.float16, 1))]
-    assert "-DWEIGHT_FP16" in asked[0][1] and "-DMAX_ROWS=1" in asked[0][1]
+    first = compiled_in_background(torch.float16)
+    assert first == [("sm_90", cuda_loop.kernel_options(torch.float16, 1), "tdt_decode_loop")]
+    assert "-DWEIGHT_FP16" in first[0][1] and "-DMAX_ROWS=1" in first[0][1]

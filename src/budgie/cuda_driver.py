@@ -15,7 +15,7 @@ import glob
 import hashlib
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -25,9 +25,45 @@ from budgie.checkpoint import cache_root
 # CUfunction_attribute / CUdevice_attribute values (cuda.h).
 _MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 _MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
+_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
 CLOCK_RATE_KHZ = 13
 
-Argument = ctypes.c_void_p | ctypes.c_int | ctypes.c_uint
+# CUlaunchAttributeID values (cuda.h).
+_LAUNCH_COOPERATIVE = 2
+_LAUNCH_CLUSTER_DIMENSION = 4
+
+Argument = ctypes.c_void_p | ctypes.c_int | ctypes.c_uint | ctypes.Structure
+
+
+class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: an id and a 64-byte union
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_uint * 16)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
+    _fields_ = [
+        ("grid", ctypes.c_uint * 3),
+        ("block", ctypes.c_uint * 3),
+        ("shared_bytes", ctypes.c_uint),
+        ("stream", ctypes.c_void_p),
+        ("attributes", ctypes.POINTER(_LaunchAttribute)),
+        ("attribute_count", ctypes.c_uint),
+    ]
+
+
+def _launch_config(
+    blocks: int, threads: int, shared_bytes: int, stream: int, cluster: int, cooperative: bool
+) -> _LaunchConfig:
+    """A launch of ``blocks`` blocks in clusters of ``cluster`` (cooperative if asked)."""
+    attributes = (_LaunchAttribute * 2)()
+    attributes[0].id = _LAUNCH_CLUSTER_DIMENSION
+    attributes[0].value[0:3] = [cluster, 1, 1]
+    attributes[1].id = _LAUNCH_COOPERATIVE
+    attributes[1].value[0] = 1
+    config = _LaunchConfig((blocks, 1, 1), (threads, 1, 1), shared_bytes, stream)
+    config.attributes = ctypes.cast(attributes, ctypes.POINTER(_LaunchAttribute))
+    config.attribute_count = 2 if cooperative else 1
+    config._keep = attributes  # type: ignore[attr-defined]  # alive as long as the config
+    return config
 
 
 class KernelUnavailable(RuntimeError):
@@ -70,10 +106,20 @@ def _check_driver(result: int, what: str) -> None:
         raise KernelUnavailable(f"{what}: {text}")
 
 
-def compile_cubin(source: str, name: str, arch: str, options: Sequence[str] = ()) -> bytes:
-    """CUDA C++ source -> cubin for ``arch`` (e.g. "sm_90"); the compiler's log in the error."""
+def compile_cubin(
+    source: str,
+    name: str,
+    arch: str,
+    options: Sequence[str] = (),
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """CUDA C++ source -> cubin for ``arch`` (e.g. "sm_90"); the compiler's log in the error.
+    ``headers``: the files the source may ``#include "name"``, by name."""
     nvrtc = _library("nvrtc")
     program = ctypes.c_void_p()
+    included = dict(headers or {})
+    texts = (ctypes.c_char_p * len(included))(*(t.encode() for t in included.values()))
+    names = (ctypes.c_char_p * len(included))(*(n.encode() for n in included))
 
     def check(result: int, what: str) -> None:
         if result != 0:
@@ -89,7 +135,7 @@ def compile_cubin(source: str, name: str, arch: str, options: Sequence[str] = ()
 
     check(
         nvrtc.nvrtcCreateProgram(
-            ctypes.byref(program), source.encode(), name.encode(), 0, None, None
+            ctypes.byref(program), source.encode(), name.encode(), len(included), texts, names
         ),
         "nvrtcCreateProgram",
     )
@@ -177,17 +223,66 @@ class Kernel:
         _check_driver(result, "occupancy")
         return blocks.value
 
-    def launch(self, blocks: int, threads: int, arguments: Arguments) -> None:
-        """A cooperative launch on torch's current stream: the driver refuses one whose blocks
-        cannot all be resident at once, which grid-wide barriers need."""
-        stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
-        grid, block = (blocks, 1, 1), (threads, 1, 1)
-        launch = _library("cuda").cuLaunchCooperativeKernel
+    def allow_large_clusters(self) -> None:
+        """Let launches use clusters of more than 8 blocks (up to 16 on Hopper)."""
         with _context_of(self.device):
-            result = launch(
-                self._function, *grid, *block, self.shared_bytes, stream, arguments.pointers
+            result = _library("cuda").cuFuncSetAttribute(
+                self._function, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
             )
+        _check_driver(result, "non-portable cluster size")
+
+    def max_active_clusters(self, threads: int, cluster: int) -> int:
+        """Clusters of ``cluster`` blocks of ``threads`` threads that fit on the GPU at once."""
+        count = ctypes.c_int()
+        config = _launch_config(cluster, threads, self.shared_bytes, 0, cluster, False)
+        with _context_of(self.device):
+            result = _library("cuda").cuOccupancyMaxActiveClusters(
+                ctypes.byref(count), self._function, ctypes.byref(config)
+            )
+        _check_driver(result, "cluster occupancy")
+        return count.value
+
+    def launch(self, blocks: int, threads: int, arguments: Arguments, cluster: int = 1) -> None:
+        """A cooperative launch on torch's current stream: the driver refuses one whose blocks
+        cannot all be resident at once, which grid-wide barriers need. With ``cluster`` > 1,
+        in thread-block clusters of that many blocks (cooperative too, where the driver takes
+        both; otherwise the caller must size the grid to fit, max_active_clusters)."""
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        cuda = _library("cuda")
+        with _context_of(self.device):
+            if cluster == 1:
+                grid, block = (blocks, 1, 1), (threads, 1, 1)
+                result = cuda.cuLaunchCooperativeKernel(
+                    self._function,
+                    *grid,
+                    *block,
+                    self.shared_bytes,
+                    ctypes.c_void_p(stream),
+                    arguments.pointers,
+                )
+            else:
+                result = self._launch_clusters(blocks, threads, arguments, cluster, stream)
         _check_driver(result, "launch")
+
+    _cooperative_clusters = True  # until the driver refuses a cooperative cluster launch
+
+    def _launch_clusters(
+        self, blocks: int, threads: int, arguments: Arguments, cluster: int, stream: int
+    ) -> int:
+        cuda = _library("cuda")
+        for cooperative in (True, False) if self._cooperative_clusters else (False,):
+            config = _launch_config(
+                blocks, threads, self.shared_bytes, stream, cluster, cooperative
+            )
+            result = int(
+                cuda.cuLaunchKernelEx(
+                    ctypes.byref(config), self._function, arguments.pointers, None
+                )
+            )
+            if result == 0 or not cooperative:
+                return result
+            self._cooperative_clusters = False
+        return result
 
 
 class Arguments:
@@ -225,16 +320,25 @@ def nvrtc_version() -> str:
     return f"{major.value}.{minor.value}"
 
 
-def cached_cubin(source: str, name: str, arch: str, options: Sequence[str] = ()) -> bytes:
+def cached_cubin(
+    source: str,
+    name: str,
+    arch: str,
+    options: Sequence[str] = (),
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
     """``compile_cubin``'s result, kept on disk under a hash of everything it depends on
-    (NVRTC's version included), so a process compiles a kernel only the first time."""
-    key = "\0".join([source, name, arch, *options, nvrtc_version()])
+    (the headers and NVRTC's version included), so a process compiles a kernel only the first
+    time."""
+    included = sorted((headers or {}).items())
+    key = "\0".join([source, name, arch, *options, *(x for h in included for x in h)])
+    key += "\0" + nvrtc_version()
     path = cache_dir() / f"{name}-{arch}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.cubin"
     try:
         return path.read_bytes()
     except OSError:
         pass
-    cubin = compile_cubin(source, name, arch, options)
+    cubin = compile_cubin(source, name, arch, options, headers)
     try:  # best effort: an unwritable cache only costs the next process a compile
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.part")

@@ -27,8 +27,11 @@ built, and cuda_runner falls back to the Triton loop.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +40,14 @@ from torch import Tensor
 
 from budgie import cuda_driver
 from budgie.cuda_driver import Argument, Arguments, Kernel, KernelUnavailable, pointer
-from budgie.gpu_decoding import OneLaunchDecoder
+from budgie.gpu_decoding import OneLaunchDecoder, StepDecoder
 from budgie.model import ParakeetTDT
 from budgie.transducer import Decoder, Joint
 
-SOURCE = Path(__file__).with_name("kernels") / "tdt_loop.cu"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCE = KERNELS / "tdt_loop.cu"
 KERNEL = "tdt_decode_loop"
+HEADERS = ("tdt_common.cuh",)  # what the kernel sources include
 # The most rows a machine takes (the kernel is compiled for 1, 2, 4 or 8: its MAX_ROWS), and
 # the kernel's THREADS and WARPS (kernels/tdt_loop.cu).
 MAX_ROWS = 8
@@ -73,8 +78,9 @@ class Partition:
         hold any (e.g. 640 units, 640 projections, 1030 outputs over 132: 129 blocks)."""
         units = _cdiv(hidden, blocks)
         pred_rows = _cdiv(joint_hidden, blocks)
-        joint_rows = _cdiv(outputs, blocks)
-        used = max(_cdiv(hidden, units), _cdiv(joint_hidden, pred_rows), _cdiv(outputs, joint_rows))
+        joint_rows = _cdiv(outputs, blocks)  # 0 outputs: the joint lives elsewhere
+        used = max(_cdiv(hidden, units), _cdiv(joint_hidden, pred_rows))
+        used = max(used, _cdiv(outputs, joint_rows)) if outputs else used
         return cls(used, units, pred_rows, joint_rows)
 
     def block_elements(self, layers: int, hidden: int, joint_hidden: int) -> int:
@@ -115,9 +121,7 @@ def pack_weights(
         return padded.view(4, blocks, units, -1).transpose(0, 1).reshape(blocks, -1)
 
     def rows(weight: Tensor, per_block: int) -> Tensor:
-        padded = weight.new_zeros(blocks * per_block, weight.shape[1])
-        padded[: weight.shape[0]] = weight
-        return padded.view(blocks, -1)
+        return pack_rows(weight, blocks, per_block)
 
     parts = [gates(w_hh[0])]
     for layer in range(1, layers):
@@ -125,6 +129,16 @@ def pack_weights(
     parts += [rows(w_pred, part.pred_rows), rows(w_out, part.joint_rows)]
     assert width == hidden, "the kernel needs the LSTM's input size to be its hidden size"
     return torch.cat(parts, dim=1).contiguous()
+
+
+def pack_rows(weight: Tensor, blocks: int, per_block: int) -> Tensor:
+    """[blocks, per_block * K]: block p's rows [p*per_block, (p+1)*per_block) of ``weight``
+    [R, K], zeros past its end (none at all for 0 rows per block)."""
+    if per_block == 0:
+        return weight.new_zeros(blocks, 0)
+    padded = weight.new_zeros(blocks * per_block, weight.shape[1])
+    padded[: weight.shape[0]] = weight
+    return padded.view(blocks, -1)
 
 
 @dataclass
@@ -171,44 +185,79 @@ def kernel_weights(
     )
 
 
-_kernels: dict[tuple[int, tuple[str, ...], int], Kernel] = {}
-_cubins: dict[tuple[str, tuple[str, ...]], bytes] = {}
+_SOURCES = {KERNEL: SOURCE.name, "tdt_decode_cluster": "tdt_cluster.cu"}
+_kernels: dict[tuple[int, tuple[str, ...], int, str], Kernel] = {}
+_cubins: dict[tuple[str, tuple[str, ...], str], bytes] = {}
 _lock = threading.Lock()  # one compile of a kernel at a time, whichever thread asks
 
 
-def kernel_options(dtype: torch.dtype, rows: int, profile: bool = False) -> tuple[str, ...]:
-    """The compiler's macros for a machine: the weights' format, the rows, the barrier kind
-    and the profiling counters."""
+def kernel_options(
+    dtype: torch.dtype, rows: int, profile: bool = False, cluster: int = 0
+) -> tuple[str, ...]:
+    """The compiler's macros for a machine: the weights' format, the rows, the barrier kind,
+    the profiling counters, and the joint's cluster size (cuda_cluster's kernel only)."""
     options = [f"-DMAX_ROWS={rows}"]
+    options += [f"-DCLUSTER={cluster}"] if cluster else []
     options += ["-DWEIGHT_FP16"] if dtype == torch.float16 else []
     options += ["-DFENCED_BARRIER"] if FENCED_BARRIER else []
     options += ["-DPROFILE"] if profile else []
     return tuple(options)
 
 
-def compiled(arch: str, options: tuple[str, ...]) -> bytes:
-    """The kernel's cubin for ``arch`` and ``options``: compiled once per process (2-3 s with
-    NVRTC on the device hosts) and kept on disk across processes (cuda_driver.cached_cubin)."""
+def compiled(arch: str, options: tuple[str, ...], kernel: str = KERNEL) -> bytes:
+    """The cubin of ``kernel`` (tdt_decode_loop, or cuda_cluster's tdt_decode_cluster) for
+    ``arch`` and ``options``: compiled once per process (2-3 s with NVRTC on the device hosts)
+    and kept on disk across processes (cuda_driver.cached_cubin)."""
     with _lock:
-        key = (arch, options)
+        key = (arch, options, kernel)
         if key not in _cubins:
-            _cubins[key] = cuda_driver.cached_cubin(SOURCE.read_text(), KERNEL, arch, options)
+            source = KERNELS / _SOURCES[kernel]
+            headers = {name: (KERNELS / name).read_text() for name in HEADERS}
+            _cubins[key] = cuda_driver.cached_cubin(
+                source.read_text(), kernel, arch, options, headers
+            )
         return _cubins[key]
 
 
-def compile_in_background(device: torch.device, dtype: torch.dtype) -> threading.Thread | None:
+_cluster_refusal: list[str] = []  # why the cluster machine could not be built here, once
+# From this batch KernelLoopDecoder.for_network builds cuda_cluster's machine: on an H100 it
+# took 10.8 vs 11.6 us per speech-like step at batch 4 and 22.1 vs 29.2 at 8, but 5.2 vs 5.3
+# at 1 and 7.4 vs 7.3 at 2 (benchmarks/results/gpu_decoder_micro_h100_2026-11-25_cluster_word
+# .json), where the plain kernel's simpler emission path is kept.
+CLUSTER_MIN_BATCH = 3
+
+
+def clusters_wanted() -> bool:
+    """Whether to try cuda_cluster's kernel first (unless BUDGIE_CUDA_CLUSTER=0)."""
+    return os.environ.get("BUDGIE_CUDA_CLUSTER", "1") != "0"
+
+
+def compile_in_background(
+    device: torch.device, dtype: torch.dtype, joint_sizes: tuple[int, int] | None = None
+) -> threading.Thread | None:
     """Compile the kernel's variants for ``dtype`` in a daemon thread (NVRTC releases the
     interpreter lock), batch 1 first, so that the first shape that wants one (a shape's second
     use, when its graphs are due) does not wait for the compiler; they stay cached on disk for
-    later processes. None where it cannot apply."""
+    later processes. With ``joint_sizes`` (the joint's hidden size and outputs) on a GPU with
+    clusters, cuda_cluster's kernel (the one used there), else this module's. None where it
+    cannot apply."""
     if dtype not in WEIGHT_DTYPES or device.type != "cuda":
         return None
     arch = cuda_driver.arch_of(device)
+    variants = [(KERNEL, kernel_options(dtype, r)) for r in (1, 2, 4, 8)]
+    if joint_sizes and clusters_wanted() and torch.cuda.get_device_capability(device)[0] >= 9:
+        from budgie import cuda_cluster
+
+        with contextlib.suppress(KernelUnavailable):  # (a joint too large: the plain kernel)
+            variants[2:] = [  # the batches for which for_network picks the cluster machine
+                (cuda_cluster.KERNEL, cuda_cluster.cluster_options(dtype, r, *joint_sizes))
+                for r in (4, 8)
+            ]
 
     def run() -> None:
-        for rows in (1, 2, 4, 8):
+        for kernel, options in variants:
             try:
-                compiled(arch, kernel_options(dtype, rows))
+                compiled(arch, options, kernel)
             except Exception:  # the machine's own build reports it, and falls back
                 return
 
@@ -217,15 +266,27 @@ def compile_in_background(device: torch.device, dtype: torch.dtype) -> threading
     return thread
 
 
-def load_kernel(device: torch.device, options: tuple[str, ...], shared_bytes: int) -> Kernel:
-    """The kernel compiled with ``options``, loaded on ``device`` (once per process)."""
+def load_kernel(
+    device: torch.device, options: tuple[str, ...], shared_bytes: int, kernel: str = KERNEL
+) -> Kernel:
+    """``kernel`` compiled with ``options``, loaded on ``device`` (once per process)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    cubin = compiled(cuda_driver.arch_of(device), options)
-    key = (index, options, shared_bytes)
+    cubin = compiled(cuda_driver.arch_of(device), options, kernel)
+    key = (index, options, shared_bytes, kernel)
     with _lock:
         if key not in _kernels:
-            _kernels[key] = Kernel(cubin, KERNEL, device, shared_bytes)
+            _kernels[key] = Kernel(cubin, kernel, device, shared_bytes)
         return _kernels[key]
+
+
+def check_request(batch: int, weight_dtype: torch.dtype, device: torch.device) -> None:
+    """What the kernels of this module and cuda_cluster.py refuse, whatever the GPU."""
+    if batch > MAX_ROWS:
+        raise ValueError(f"the kernel loop decoder takes at most {MAX_ROWS} rows, not {batch}")
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise KernelUnavailable(f"needs bf16 or fp16 weights, not {weight_dtype}")
+    if device.type != "cuda":
+        raise KernelUnavailable("needs a CUDA device")
 
 
 class KernelLoopDecoder(OneLaunchDecoder):
@@ -246,12 +307,7 @@ class KernelLoopDecoder(OneLaunchDecoder):
         weight_dtype: torch.dtype = torch.bfloat16,
         profile: bool = False,
     ) -> None:
-        if batch > MAX_ROWS:
-            raise ValueError(f"the kernel loop decoder takes at most {MAX_ROWS} rows, not {batch}")
-        if weight_dtype not in WEIGHT_DTYPES:
-            raise KernelUnavailable(f"needs bf16 or fp16 weights, not {weight_dtype}")
-        if device.type != "cuda":
-            raise KernelUnavailable("needs a CUDA device")
+        check_request(batch, weight_dtype, device)
         super().__init__(decoder, joint, batch, max_frames, durations, max_symbols, device)
         layers, _, hidden = self.h.shape
         joint_hidden = self.enc_proj.shape[2]
@@ -285,6 +341,29 @@ class KernelLoopDecoder(OneLaunchDecoder):
         if self.kernel.resident_blocks(THREADS) < 1:
             raise KernelUnavailable("a block of the decode kernel does not fit on an SM")
         self._arguments = self._kernel_arguments()
+
+    @classmethod
+    def for_network(
+        cls, network: ParakeetTDT, batch: int, max_frames: int, device: torch.device
+    ) -> StepDecoder:
+        """From CLUSTER_MIN_BATCH rows, cuda_cluster's machine (the joint on a thread-block
+        cluster) where the GPU runs it and BUDGIE_CUDA_CLUSTER is not 0; else this one (one
+        warning saying why, the first time)."""
+        if batch >= CLUSTER_MIN_BATCH and clusters_wanted() and not _cluster_refusal:
+            from budgie.cuda_cluster import ClusterLoopDecoder
+
+            try:
+                machine = ClusterLoopDecoder.for_network(network, batch, max_frames, device)
+                machine.warm_up()
+                return machine
+            except KernelUnavailable as exc:
+                _cluster_refusal.append(str(exc))
+                warnings.warn(
+                    f"clustered CUDA decoder unavailable here, using the plain kernel: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return super().for_network(network, batch, max_frames, device)
 
     @classmethod
     def network_options(cls, network: ParakeetTDT) -> dict[str, torch.dtype]:

@@ -263,7 +263,9 @@ class CudaRunner:
             from budgie.cuda_loop import compile_in_background
 
             device = next(network.parameters()).device
-            self._compiling = compile_in_background(device, network.encoder.matmul_dtype)
+            joint = network.joint  # its hidden size and outputs size the cluster kernel
+            sizes = network.cfg.joint.joint_hidden, joint.num_labels + joint.num_durations
+            self._compiling = compile_in_background(device, network.encoder.matmul_dtype, sizes)
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
         self._steps_per_frame = 0.25
