@@ -114,3 +114,36 @@ def test_for_network_prefers_the_cluster_machine(
     with pytest.raises(KernelUnavailable, match=PLAIN_REFUSAL):
         KernelLoopDecoder.for_network(net, rows, 8, cpu)
     assert tried == ["cluster"]
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+    reason="needs a GPU with thread-block clusters",
+)
+def test_runner_decodes_batches_with_the_cluster_machine(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through load_model and transcribe: a batch of 4 in bf16 decodes with the cluster
+    machine once the shape is reused (graphs due), with the plain kernel's machine under
+    BUDGIE_CUDA_CLUSTER=0, and both give the same tokens."""
+    import numpy as np
+
+    import budgie
+
+    rng = np.random.default_rng(3)
+    audio = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (16000, 24000, 9000, 20000)]
+
+    def transcribe(flag: str) -> tuple[list[list[int]], set[str]]:
+        monkeypatch.setenv("BUDGIE_CUDA_CLUSTER", flag)
+        model = budgie.load_model(str(synth_models.checkpoint("tiny").path), "cuda", "bf16")
+        for _ in range(2):  # the second use of the shape builds the one-launch machine
+            results = model.transcribe(audio, batch_size=4)
+        assert model.cuda_runner is not None
+        kinds = {type(m).__name__ for m, _ in model.cuda_runner._decoders.values()}
+        return [r.token_ids for r in results], kinds  # type: ignore[union-attr]
+
+    clustered, kinds = transcribe("1")
+    assert "ClusterLoopDecoder" in kinds
+    plain, plain_kinds = transcribe("0")
+    assert "KernelLoopDecoder" in plain_kinds and "ClusterLoopDecoder" not in plain_kinds
+    assert clustered == plain and sum(map(len, plain)) > 0
