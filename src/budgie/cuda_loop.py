@@ -239,8 +239,8 @@ def compile_in_background(
     interpreter lock), batch 1 first, so that the first shape that wants one (a shape's second
     use, when its graphs are due) does not wait for the compiler; they stay cached on disk for
     later processes. With ``joint_sizes`` (the joint's hidden size and outputs) on a GPU with
-    clusters, cuda_cluster's kernel (the one used there), else this module's. None where it
-    cannot apply."""
+    clusters, the 4- and 8-row variants are cuda_cluster's kernel (what for_network builds for
+    those batches). None where it cannot apply."""
     if dtype not in WEIGHT_DTYPES or device.type != "cuda":
         return None
     arch = cuda_driver.arch_of(device)
