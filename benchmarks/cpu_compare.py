@@ -181,7 +181,10 @@ def budgie_system(system: str, args: argparse.Namespace) -> tuple[Any, dict[str,
     session = getattr(model, "encoder_session", None)
     if session is not None:
         threads["ort_encoder_intraop"] = session.get_session_options().intra_op_num_threads
-        threads["ort_decoder_intraop"] = 1
+        threads["ort_decoder_intraop"] = 1  # encoder projection and joint output graphs
+        parts = model.cpu_decoder.parts  # type: ignore[attr-defined]
+        options = parts.prediction_session.get_session_options()
+        threads["ort_prediction_intraop"] = options.intra_op_num_threads
     files = getattr(model, "files", {})
     return transcribe, {"threads": threads, "graphs": files}
 

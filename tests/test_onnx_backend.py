@@ -399,3 +399,17 @@ def test_hub_cache_layout_with_external_data(
     want = load_model(source, backend="onnx").transcribe(audio).token_ids
     got = load_model(snapshot, backend="onnx").transcribe(audio)
     assert got.token_ids == want and len(want) > 0
+
+
+def test_thread_settings_of_the_sessions(tiny_dir: Path) -> None:
+    """The encoder and the prediction graph (memory-bound: the LSTM's weights per emitted
+    label) run on the threads asked for; the encoder projection, once per batch, on one."""
+
+    def threads(session: Any) -> int:
+        return int(session.get_session_options().intra_op_num_threads)
+
+    for asked in (1, 2):
+        model = onnx_runtime.load_onnx_model(tiny_dir, threads=asked)
+        parts = model.cpu_decoder.parts
+        assert threads(model.encoder_session) == threads(parts.prediction_session) == asked
+        assert threads(parts.encoder_session) == 1

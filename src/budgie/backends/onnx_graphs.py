@@ -138,8 +138,11 @@ def _dependencies(graph: Any) -> tuple[str, str]:
     )
 
 
-def split_decoder_joint(file: Path, options: Any) -> DecoderParts:
-    """Extract and load the three graphs; probe the joint output for a plain matmul."""
+def split_decoder_joint(
+    file: Path, options: Any, prediction_options: Any | None = None
+) -> DecoderParts:
+    """Extract and load the three graphs; probe the joint output for a plain matmul.
+    ``prediction_options``: the prediction graph's session options (else ``options``)."""
     import onnx
     import onnx.utils
     import onnxruntime as ort
@@ -162,8 +165,8 @@ def split_decoder_joint(file: Path, options: Any) -> DecoderParts:
             extractor.extract_model([enc_name, pred_name], ["outputs"]),
         )
         enc_s, pred_s, joint_s = (
-            ort.InferenceSession(g.SerializeToString(), options, providers=["CPUExecutionProvider"])
-            for g in graphs
+            ort.InferenceSession(g.SerializeToString(), o, providers=["CPUExecutionProvider"])
+            for g, o in zip(graphs, (options, prediction_options or options, options), strict=True)
         )
     except ModelError as exc:
         raise ModelError(f"{file}: {exc}") from None

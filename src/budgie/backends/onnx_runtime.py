@@ -384,7 +384,11 @@ def load_onnx_model(
         encoder = _session(ort, encoder_file, threads)
         shapes = _check_encoder(encoder, encoder_file, onnx_cfg.features_size)
     _check_decoder_joint(_session(ort, joint_file, 1), joint_file, shapes.d_model)
-    parts = split_decoder_joint(joint_file, session_options(1))
+    # The prediction graph streams the LSTM's weights (26 MB for parakeet-tdt-0.6b-v2) per
+    # emitted label: memory-bound, it runs ~1.5x faster on two threads than one (decode 4.69 ->
+    # 3.14 s over the 20 default clips, same tokens; benchmarks/results/cpu_prediction_threads_
+    # ab-*.json). The per-step joint and the encoder projection are too small to split.
+    parts = split_decoder_joint(joint_file, session_options(1), session_options(threads))
     num_outputs = parts.num_outputs
     durations = onnx_cfg.durations or DEFAULT_DURATIONS[: max(num_outputs - len(pieces) - 1, 0)]
     if num_outputs != len(pieces) + 1 + len(durations) or not durations:
