@@ -166,7 +166,10 @@ class ClusterLoopDecoder(OneLaunchDecoder):
         limit = cuda_driver.shared_memory_limit(device)
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         clusters = sms // CLUSTER
+        fewer = KernelUnavailable(f"fewer than 2 clusters of {CLUSTER} blocks fit here")
         for _ in range(2):  # the split for the clusters that fit (asked again if fewer do)
+            if clusters < 2:  # the joint's cluster and at least one for the prediction network
+                raise fewer
             self.partition = Partition.over((clusters - 1) * CLUSTER, hidden, joint_hidden, 0)
             shared = shared_bytes(rows, self.partition, layers, hidden, joint_hidden, outputs)
             if shared > limit:
@@ -178,7 +181,8 @@ class ClusterLoopDecoder(OneLaunchDecoder):
             if self.blocks <= clusters * CLUSTER:
                 break
         else:
-            raise KernelUnavailable(f"only {clusters} clusters of {CLUSTER} blocks fit here")
+            need = self.blocks // CLUSTER
+            raise KernelUnavailable(f"needs {need} clusters of {CLUSTER} blocks, {clusters} fit")
         self._start = self.rounded_start(weight_dtype)
         start_pred, start_h, start_c = self._start
         weights = kernel_weights(decoder, joint, self.partition, weight_dtype, start_h[:, 0])
