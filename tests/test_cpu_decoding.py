@@ -82,6 +82,41 @@ def frames(seed: int, n: int) -> torch.Tensor:
     return torch.randn(n, D_MODEL, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_predictor_steps_match_lstm_cells(layers: int) -> None:
+    """TorchPredictor (layer 0 from its label table, the layers above as one product against
+    stacked transposed weights) against the LSTM cells on the module's own weights, step by
+    step over a label sequence with repeats: the projected prediction and every layer's state."""
+    cfg = ModelConfig(
+        prediction=PredictionConfig(vocab_size=VOCAB, pred_hidden=HIDDEN, pred_rnn_layers=layers),
+        joint=JointConfig(joint_hidden=HIDDEN, encoder_hidden=D_MODEL, pred_hidden=HIDDEN),
+    )
+    torch.manual_seed(layers)
+    decoder, joint = Decoder(cfg).eval(), Joint(cfg).eval()
+    lstm = decoder.prediction.dec_rnn.lstm
+    cells = [
+        [
+            getattr(lstm, f"{kind}_l{layer}")
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]
+        for layer in range(layers)
+    ]
+    predictor = TorchPredictor(decoder, joint)
+    zero = torch.zeros(1, HIDDEN)
+    state = [(zero, zero)] * layers
+    with torch.inference_mode():
+        for step, label in enumerate([cfg.blank_id, 3, 7, 7, 0, VOCAB - 1, 12]):
+            got = predictor.start() if step == 0 else predictor.advance(label)
+            x = decoder.prediction.embed(torch.tensor([label]))
+            for layer, weights in enumerate(cells):
+                state[layer] = torch.lstm_cell(x, state[layer], *weights)
+                x = state[layer][0]
+            np.testing.assert_allclose(got, joint.pred(x)[0].numpy(), rtol=1e-5, atol=1e-6)
+            for (h, c), (want_h, want_c) in zip(predictor._state, state, strict=True):
+                torch.testing.assert_close(h, want_h, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(c, want_c, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("blank_bias", [0.0, 2.0, 6.0])
 def test_random_modules_match_reference(seed: int, blank_bias: float) -> None:
