@@ -209,8 +209,9 @@ class TorchPredictor:
     per-label table (W_ih0 @ embedding + both biases, float64 sums rounded once: ~25 % of the
     weights not streamed), and every layer's product is one ``addmm`` against a contiguous
     [inputs, 4H] matrix ([x | h] against [W_ih | W_hh]^T above layer 0), the layout MKL's
-    one-row products run fastest on: 1.1 vs 2.3 ms per step with ``torch.lstm_cell`` (the
-    module's own [4H, inputs] weights) on the 2-core machine, and ``nn.LSTM``'s oneDNN path
+    one-row products run fastest on: 0.8 vs 2.2 ms per step with ``torch.lstm_cell`` (the
+    module's own [4H, inputs] weights) on the 2-core machine (benchmarks/cpu_predictor_micro.py),
+    and ``nn.LSTM``'s oneDNN path
     re-packs its weights on every call (~5x slower). Same gates (float rounding aside).
     """
 
