@@ -221,12 +221,7 @@ __device__ void joint_blocks(const Params& a, unsigned* shared_words) {
 #endif
     if (pending) {  // the prediction blocks' pred for the last emission
       wait_for(a.sync, emissions * (unsigned)(a.L + 1) * (unsigned)a.PL);
-#pragma unroll
-      for (int b = 0; b < MAX_ROWS; ++b) {
-        if (!(pending >> b & 1u)) continue;
-        for (int k = tid; k < J4; k += THREADS)
-          reinterpret_cast<float4*>(pred_s + b * J)[k] = load4_l2(a.pred + b * J + 4 * k);
-      }
+      load_rows_l2(pred_s, a.pred, J, pending);
       pending = 0;
       __syncthreads();
     }
@@ -373,17 +368,7 @@ __device__ void prediction_blocks(const Params& a, unsigned* shared_words) {
 #pragma unroll 8
     for (size_t i = tid; i < weight_elems / 8; i += THREADS) dst[i] = src[i];
   }
-  for (int i = tid; i < L * G; i += THREADS) {
-    const int l = i / G, g = i % G / U, u = i % U;
-    const float r = u < nu ? a.start_rec[(size_t)l * 4 * H + g * H + u0 + u] : 0.f;
-    bias[i] = u < nu ? a.b_lstm[(size_t)l * 4 * H + g * H + u0 + u] : 0.f;
-    for (int b = 0; b < MAX_ROWS; ++b) rec[(l * MAX_ROWS + b) * G + i % G] = r;
-  }
-  for (int i = tid; i < L * U; i += THREADS) {
-    const int l = i / U, u = i % U;
-    for (int b = 0; b < MAX_ROWS; ++b)
-      cell[(l * MAX_ROWS + b) * U + u] = u < nu ? a.start_c[l * H + u0 + u] : 0.f;
-  }
+  load_start_state(a.start_rec, a.b_lstm, a.start_c, rec, cell, bias, L, H, U, u0, nu);
   for (int r = tid; r < nj; r += THREADS) bias_pred[r] = a.b_pred[j0 + r];
   for (int i = tid; i < a.B * nj; i += THREADS)
     a.pred[(i / nj) * J + j0 + i % nj] = a.start_pred[j0 + i % nj];
@@ -402,9 +387,8 @@ __device__ void prediction_blocks(const Params& a, unsigned* shared_words) {
                                  : a.table[(size_t)emission[b] * 4 * H + g * H + u0 + u];
         gate[g] = x + rec[(l * MAX_ROWS + b) * G + r] + bias[l * G + r];
       }
-      float* c = cell + (l * MAX_ROWS + b) * U + u;
-      *c = sigmoid(gate[1]) * *c + sigmoid(gate[0]) * tanhf(gate[2]);
-      a.h_new[((size_t)l * MAX_ROWS + b) * H + u0 + u] = sigmoid(gate[3]) * tanhf(*c);
+      a.h_new[((size_t)l * MAX_ROWS + b) * H + u0 + u] =
+          lstm_cell(gate, cell + (l * MAX_ROWS + b) * U + u);
     }
   };
   for (unsigned e = 1;; ++e) {
@@ -434,13 +418,7 @@ __device__ void prediction_blocks(const Params& a, unsigned* shared_words) {
     arrive(a.sync);
     for (int l = 1; l <= L; ++l) {
       wait_for(a.sync, base + (unsigned)(l * PL));
-#pragma unroll
-      for (int b = 0; b < MAX_ROWS; ++b) {
-        if (!(emit >> b & 1u)) continue;
-        const float* below = a.h_new + ((size_t)(l - 1) * MAX_ROWS + b) * H;
-        for (int k = tid; k < H / 4; k += THREADS)
-          reinterpret_cast<float4*>(xs + b * H)[k] = load4_l2(below + 4 * k);
-      }
+      load_rows_l2(xs, a.h_new + (size_t)(l - 1) * MAX_ROWS * H, H, emit);
       __syncthreads();
       if (l < L) {
         products(w_ih(l), G, H, xs, emit, res);

@@ -206,3 +206,41 @@ __device__ __forceinline__ void select_rows(const float* logits, int N, int n, i
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
+// The LSTM cell from its four gate pre-activations (i, f, g, o): updates c, returns h.
+__device__ __forceinline__ float lstm_cell(const float gate[4], float* c) {
+  *c = sigmoid(gate[1]) * *c + sigmoid(gate[0]) * tanhf(gate[2]);
+  return sigmoid(gate[3]) * tanhf(*c);
+}
+
+// A block's start of a decode for its hidden units [u0, u0 + nu) (U per block, G = 4U gate
+// rows per layer): every row's recurrent products and cell states from the start state, and
+// the gate biases; shared memory rec [L, MAX_ROWS, G], cell [L, MAX_ROWS, U], bias [L, G].
+__device__ __forceinline__ void load_start_state(const float* start_rec, const float* b_lstm,
+                                                 const float* start_c, float* rec, float* cell,
+                                                 float* bias, int L, int H, int U, int u0,
+                                                 int nu) {
+  const int G = 4 * U;
+  for (int i = threadIdx.x; i < L * G; i += THREADS) {
+    const int l = i / G, g = i % G / U, u = i % U;
+    const float r = u < nu ? start_rec[(size_t)l * 4 * H + g * H + u0 + u] : 0.f;
+    bias[i] = u < nu ? b_lstm[(size_t)l * 4 * H + g * H + u0 + u] : 0.f;
+    for (int b = 0; b < MAX_ROWS; ++b) rec[(l * MAX_ROWS + b) * G + i % G] = r;
+  }
+  for (int i = threadIdx.x; i < L * U; i += THREADS) {
+    const int l = i / U, u = i % U;
+    for (int b = 0; b < MAX_ROWS; ++b)
+      cell[(l * MAX_ROWS + b) * U + u] = u < nu ? start_c[l * H + u0 + u] : 0.f;
+  }
+}
+
+// xs[b] = src[b] (K floats each, written by other blocks: read from L2) for the rows in
+// `rows`; the caller synchronizes the block before reading xs.
+__device__ __forceinline__ void load_rows_l2(float* xs, const float* src, int K, unsigned rows) {
+#pragma unroll
+  for (int b = 0; b < MAX_ROWS; ++b) {
+    if (!(rows >> b & 1u)) continue;
+    for (int k = threadIdx.x; k < K / 4; k += THREADS)
+      reinterpret_cast<float4*>(xs + b * K)[k] = load4_l2(src + b * K + 4 * k);
+  }
+}
+

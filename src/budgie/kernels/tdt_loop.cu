@@ -84,17 +84,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     for (size_t i = tid; i < weight_elems / 8; i += THREADS) shared_words[i] = src[i];
   }
   // Start state (the same for every row) and biases for this block's rows.
-  for (int i = tid; i < L * G; i += THREADS) {
-    const int l = i / G, g = i % G / U, u = i % U;
-    const float r = u < nu ? start_rec[(size_t)l * 4 * H + g * H + u0 + u] : 0.f;
-    bias[i] = u < nu ? b_lstm[(size_t)l * 4 * H + g * H + u0 + u] : 0.f;
-    for (int b = 0; b < MAX_ROWS; ++b) rec[(l * MAX_ROWS + b) * G + i % G] = r;
-  }
-  for (int i = tid; i < L * U; i += THREADS) {
-    const int l = i / U, u = i % U;
-    for (int b = 0; b < MAX_ROWS; ++b)
-      cell[(l * MAX_ROWS + b) * U + u] = u < nu ? start_c[l * H + u0 + u] : 0.f;
-  }
+  load_start_state(start_rec, b_lstm, start_c, rec, cell, bias, L, H, U, u0, nu);
   float* bias_pred = bias + L * G;
   float* bias_out = bias_pred + RJ;
   for (int r = tid; r < nj; r += THREADS) bias_pred[r] = b_pred[j0 + r];
@@ -136,9 +126,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
         const float x = from_res ? res[b * G + r] : table[(size_t)label_of(b) * 4 * H + g * H + u0 + u];
         gate[g] = x + rec[(l * MAX_ROWS + b) * G + r] + bias[l * G + r];
       }
-      float* c = cell + (l * MAX_ROWS + b) * U + u;
-      *c = sigmoid(gate[1]) * *c + sigmoid(gate[0]) * tanhf(gate[2]);
-      h_new[((size_t)l * MAX_ROWS + b) * H + u0 + u] = sigmoid(gate[3]) * tanhf(*c);
+      h_new[((size_t)l * MAX_ROWS + b) * H + u0 + u] =
+          lstm_cell(gate, cell + (l * MAX_ROWS + b) * U + u);
     }
   };
   for (int step = 0;; ++step) {
@@ -221,13 +210,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) tdt_decode_loop(
     for (int l = 1; l <= L; ++l) {
       wait_for(counter, ++passed * P);
       MARK(5);
-#pragma unroll
-      for (int b = 0; b < MAX_ROWS; ++b) {
-        if (!(emit >> b & 1u)) continue;
-        const float* below = h_new + ((size_t)(l - 1) * MAX_ROWS + b) * H;
-        for (int k = tid; k < H / 4; k += THREADS)
-          reinterpret_cast<float4*>(xs + b * H)[k] = load4_l2(below + 4 * k);
-      }
+      load_rows_l2(xs, h_new + (size_t)(l - 1) * MAX_ROWS * H, H, emit);
       __syncthreads();
       MARK(6);
       if (l < L) {
