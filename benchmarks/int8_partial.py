@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-KEEP_FLOAT = ("/pre_encode/", "/joint_net/")  # as budgie.backends.onnx_export
+from budgie.backends.onnx_export import KEEP_FLOAT
 
 
 def main() -> None:
