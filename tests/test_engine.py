@@ -394,20 +394,6 @@ def test_single_pass_limit_refuses_an_hour_on_a_small_device(
     limits.check_single_pass(model.config, int(allowed * 16000) - HOP, torch.device("cpu"))
 
 
-def test_pipeline_reports_the_too_long_input_and_transcribes_the_rest(
-    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch, jim: np.ndarray
-) -> None:
-    model = synth_models.model("tiny")
-    monkeypatch.setattr(limits, "free_memory_bytes", lambda device: 2 * 2**30)
-    hour = np.zeros(ONE_HOUR, np.float32)
-    results = model.transcribe([jim, hour], batch_size=2)
-    assert isinstance(results[0], Transcript)
-    assert isinstance(results[1], TranscriptionError)
-    assert "3600.0 s" in results[1].error
-    with pytest.raises(AudioError, match=re.escape("3600.0 s")):
-        model.transcribe(hour)
-
-
 @pytest.mark.parametrize(
     ("count", "batch_size", "sizes"),
     [(0, 4, []), (3, 4, [3]), (10, 4, [4, 6]), (200, 1, [64, 64, 64, 8]), (300, 64, [64, 236])],

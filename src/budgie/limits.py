@@ -77,18 +77,36 @@ def max_single_pass_seconds(cfg: ModelConfig, device: torch.device) -> float:
     return low / SAMPLE_RATE
 
 
-def check_single_pass(cfg: ModelConfig, num_samples: int, device: torch.device) -> None:
+def fits_single_pass(cfg: ModelConfig, num_samples: int, device: torch.device) -> bool:
+    """Whether one encoder pass over ``num_samples`` fits the device's free memory now."""
+    budget = free_memory_bytes(device) * USABLE_FRACTION
+    return estimated_peak_bytes(cfg, num_samples) <= budget
+
+
+def too_long_message(cfg: ModelConfig, num_samples: int, device: torch.device) -> str:
+    """Why an input cannot go through one pass, and what to do (one line)."""
     needed = estimated_peak_bytes(cfg, num_samples)
     free = free_memory_bytes(device)
-    if needed > free * USABLE_FRACTION:
-        limit = max_single_pass_seconds(cfg, device)
-        raise AudioError(
-            f"audio is {num_samples / SAMPLE_RATE:.1f} s long; one pass on {device.type} "
-            f"fits about {limit:.0f} s with the memory free now (needs ~{needed / 2**30:.1f} GiB, "
-            f"{free / 2**30:.1f} GiB free): split the file into shorter pieces "
-            "(e.g. `ffmpeg -i in.wav -f segment -segment_time 300 out%03d.wav`) or use a device "
-            "with more memory"
-        )
+    limit = max_single_pass_seconds(cfg, device)
+    return (
+        f"audio is {num_samples / SAMPLE_RATE:.1f} s long; one pass on {device.type} "
+        f"fits about {limit:.0f} s with the memory free now (needs ~{needed / 2**30:.1f} GiB, "
+        f"{free / 2**30:.1f} GiB free), too little to transcribe it in pieces: free memory, "
+        "split the file (e.g. `ffmpeg -i in.wav -f segment -segment_time 300 out%03d.wav`) or "
+        "use a device with more memory"
+    )
+
+
+def check_single_pass(cfg: ModelConfig, num_samples: int, device: torch.device) -> None:
+    """AudioError (too_long_message) unless one pass over ``num_samples`` fits."""
+    if not fits_single_pass(cfg, num_samples, device):
+        raise AudioError(too_long_message(cfg, num_samples, device))
+
+
+def pieces_per_batch(cfg: ModelConfig, piece_samples: int, device: torch.device) -> int:
+    """How many pieces of ``piece_samples`` one batch may hold in the free memory now."""
+    budget = free_memory_bytes(device) * USABLE_FRACTION
+    return max(1, int(budget // max(1, estimated_peak_bytes(cfg, piece_samples))))
 
 
 FP16_OVERFLOW = (

@@ -2,9 +2,10 @@
 
 ``Model.transcribe`` is the one entry point. A list input is split into batches (sorted by
 length when ``batch_size > 1`` so padding stays small, results returned in input order); each
-input that fails (unreadable, too long) becomes a ``TranscriptionError`` record and the others
-are still transcribed. Phases: load_audio (per input), preprocess, encode and decode (per batch,
-shared by its members), tokenize (per input); total is their sum for the input.
+input that fails (unreadable) becomes a ``TranscriptionError`` record and the others are still
+transcribed; one too long for an encoder pass is cut into pieces (``budgie.long_audio``).
+Phases: load_audio (per input), preprocess, encode and decode (per batch, shared by its
+members), tokenize (per input); total is their sum for the input.
 
 Three kinds of threads overlap: loader threads decode audio one window ahead, the calling thread
 runs the model batch by batch, and one text thread turns a batch's hypotheses into Transcripts
@@ -13,6 +14,7 @@ while the next batch runs on the GPU (``budgie.batching``: the loading, and the 
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import deque
@@ -31,7 +33,15 @@ from budgie.cpu_decoding import CpuDecoder
 from budgie.cuda_runner import CudaRunner, Staged
 from budgie.decoding import Hypothesis, greedy_decode_batched, greedy_decode_single
 from budgie.errors import AudioError, BudgieError
-from budgie.limits import FP16_OVERFLOW, OverflowCheck, check_single_pass
+from budgie.limits import (
+    FP16_OVERFLOW,
+    OverflowCheck,
+    fits_single_pass,
+    max_single_pass_seconds,
+    pieces_per_batch,
+    too_long_message,
+)
+from budgie.long_audio import TooLong, cut_points, frame_samples, join, piece_length
 from budgie.model import ParakeetTDT
 from budgie.results import PhaseTimings, Transcript, TranscriptionError
 from budgie.text import Tokenizer, build_text_and_timestamps
@@ -154,6 +164,10 @@ class Model:
             [cast(AudioInput, audio)] if single else list(cast(Sequence[AudioInput], audio))
         )
         results = self._run(inputs, batch_size, timestamps, confidence, progress)
+        results = [  # inputs too long for one pass, now in pieces
+            self._in_pieces(r, batch_size, timestamps, confidence) if isinstance(r, TooLong) else r
+            for r in results
+        ]
         if single:
             result = results[0]
             if isinstance(result, TranscriptionError):
@@ -247,10 +261,42 @@ class Model:
         try:
             with clock.phase("load_audio"):
                 samples = load_samples(source)  # 16-bit PCM stays int16 (half the memory)
-            check_single_pass(self.config, len(samples), self.device)
         except BudgieError as exc:
             return TranscriptionError(describe_source(source), str(exc))
-        return Loaded(index, describe_source(source), samples, clock.ms["load_audio"])
+        name = describe_source(source)
+        if not fits_single_pass(self.config, len(samples), self.device):  # transcribe() cuts it
+            message = too_long_message(self.config, len(samples), self.device)
+            limit_s = max_single_pass_seconds(self.config, self.device)
+            return TooLong(name, message, samples, clock.ms["load_audio"], limit_s)
+        return Loaded(index, name, samples, clock.ms["load_audio"])
+
+    def _in_pieces(
+        self, whole: TooLong, batch_size: int, timestamps: bool, confidence: bool
+    ) -> Result:
+        """An input past the single-pass limit, cut at quiet points (budgie.long_audio) and
+        transcribed as a batch of its pieces; refused when even a piece would not fit."""
+        piece = piece_length(self.config, whole.limit_s, SAMPLE_RATE)
+        if piece is None:
+            return TranscriptionError(whole.source, whole.error)
+        cuts = cut_points(whole.samples, piece, frame_samples(self.config))
+        arrays: list[AudioInput] = [whole.samples[a:b] for a, b in itertools.pairwise(cuts)]
+        rows = min(batch_size, pieces_per_batch(self.config, piece, self.device))
+        pieces = self._run(arrays, max(1, rows), True, confidence, None)
+        for start, result in zip(cuts[:-1], pieces, strict=True):
+            if isinstance(result, TranscriptionError):
+                at = f"the piece at {start / SAMPLE_RATE:.1f} s"
+                return TranscriptionError(whole.source, f"{whole.source}: {at}: {result.error}")
+        joined = join(
+            [p for p in pieces if isinstance(p, Transcript)],
+            cuts[:-1],
+            self.tokenizer,
+            self.config,
+            whole,
+            len(whole.samples) / SAMPLE_RATE,
+        )
+        if not timestamps:
+            joined.words, joined.segments = [], []
+        return joined
 
     def _stage_batch(self, batch: list[Loaded]) -> _Staged:
         """The host's part of a batch's preprocessing (CudaRunner.stage; nothing elsewhere)."""
