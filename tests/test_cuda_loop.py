@@ -16,7 +16,14 @@ import torch
 
 from budgie.cuda_cluster import ClusterLoopDecoder
 from budgie.cuda_driver import KernelUnavailable
-from budgie.cuda_loop import MAX_ROWS, KernelLoopDecoder, Partition, kernel_weights, pack_weights
+from budgie.cuda_loop import (
+    MAX_ROWS,
+    KernelLoopDecoder,
+    Partition,
+    kernel_weights,
+    pack_weights,
+    shared_kernel_weights,
+)
 from budgie.gpu_decoding import StepDecoder, decode_with_steps
 from conftest import SynthModels
 from decoder_machines import (
@@ -91,6 +98,25 @@ def test_packed_layout(
                 assert torch.equal(got, want), (p, r)
                 offset += width
         assert offset == share.numel()
+
+
+def test_machines_of_one_network_share_their_kernel_weights(synth_models: SynthModels) -> None:
+    """shared_kernel_weights: made once per decoder, joint, partition and dtype (a machine per
+    decoded shape would otherwise hold its own ~25 MB), equal to kernel_weights'."""
+    net = synth_models.model("tiny").network
+    cfg = net.cfg.decoding
+    ref = StepDecoder(net.decoder, net.joint, 1, 8, cfg.durations, 2, torch.device("cpu"))
+    start_h = ref.rounded_start(torch.bfloat16)[1][:, 0]
+    hidden, joint_hidden = start_h.shape[1], net.cfg.joint.joint_hidden
+    part = Partition.over(7, hidden, joint_hidden, 261)
+    first = shared_kernel_weights(net.decoder, net.joint, part, torch.bfloat16, start_h)
+    assert shared_kernel_weights(net.decoder, net.joint, part, torch.bfloat16, start_h) is first
+    other = Partition.over(5, hidden, joint_hidden, 261)
+    assert (
+        shared_kernel_weights(net.decoder, net.joint, other, torch.bfloat16, start_h) is not first
+    )
+    fresh = kernel_weights(net.decoder, net.joint, part, torch.bfloat16, start_h)
+    assert torch.equal(first.packed, fresh.packed) and torch.equal(first.table, fresh.table)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import types
+from typing import cast
 
 import numpy as np
 import pytest
@@ -301,6 +303,90 @@ def test_kernel_machine_failure_falls_back_to_the_triton_loop(
         machine, graph = runner._decoder_machine(1, 512, torch.device("cpu"), graphed=True)
     assert type(machine) is _FakeLoop and graph is None
     assert runner.kernel_decoder is None  # not tried again
+
+
+class _ReadyKernel(_FakeKernel):
+    """A kernel machine whose compiled kernel is already there (``ready_now``)."""
+
+    ready = True
+
+    @classmethod
+    def ready_now(cls, network: ParakeetTDT, batch: int, device: torch.device) -> bool:
+        return cls.ready
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_first_use_takes_a_kernel_machine_only_when_it_is_compiled(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch, ready: bool
+) -> None:
+    """A shape's first use: the kernel machine when building it waits for no compiler (long
+    inputs are shapes of their own, thousands of steps each), else the torch step in a graph;
+    the Triton loop never (building it may compile)."""
+    monkeypatch.setattr(cuda_runner, "GraphedStepDecoder", _FakeGraph)
+    monkeypatch.setattr(_ReadyKernel, "ready", ready)
+    runner = cuda_runner.CudaRunner(synth_models.model("tiny").network)
+    runner.triton_decoder, runner.loop_decoder = _FakeTriton, _FakeLoop
+    runner.kernel_decoder = _ReadyKernel
+    machine, graph = runner._decoder_machine(1, 512, torch.device("cpu"), graphed=False)
+    if ready:
+        assert type(machine) is _ReadyKernel and graph is None
+    else:
+        assert type(machine) is StepDecoder
+
+
+def test_a_first_use_one_launch_machine_is_kept(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-launch machine built on a shape's first use is the shape's final machine: the
+    second use does not build another."""
+    net = synth_models.model("tiny").network
+    runner = cuda_runner.CudaRunner(net)
+    runner.triton_decoder, runner.loop_decoder = None, None
+    runner.kernel_decoder = _ReadyKernel
+    monkeypatch.setattr(_ReadyKernel, "ready", True)
+    encoded = torch.randn(
+        1, 40, net.cfg.encoder.d_model, generator=torch.Generator().manual_seed(0)
+    )
+    lengths = torch.tensor([40])
+    machines = []
+    for _ in range(3):
+        runner.decode(encoded, lengths)
+        machines.append(next(iter(runner._decoders.values()))[0])
+    assert type(machines[0]) is _ReadyKernel
+    assert machines[1] is machines[0] and machines[2] is machines[0]
+
+
+def test_kernel_machine_is_ready_once_its_kernel_is_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """KernelLoopDecoder.ready_now: the cubin for_network would load is in this process's
+    compiled set (the plain kernel below CLUSTER_MIN_BATCH rows, the cluster one from it on an
+    sm_90 GPU); never for float32 weights, off CUDA or past 8 rows. No GPU needed."""
+    from budgie import cuda_cluster, cuda_loop
+
+    monkeypatch.setattr(cuda_loop.cuda_driver, "arch_of", lambda device: "sm_90")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(cuda_loop, "_cubins", {})
+    monkeypatch.setattr(cuda_loop, "_cluster_refusal", [])
+    joint = types.SimpleNamespace(num_labels=1025, num_durations=5)
+    cfg = types.SimpleNamespace(joint=types.SimpleNamespace(joint_hidden=640))
+
+    def network(dtype: torch.dtype) -> ParakeetTDT:
+        encoder = types.SimpleNamespace(matmul_dtype=dtype)
+        return cast(ParakeetTDT, types.SimpleNamespace(encoder=encoder, joint=joint, cfg=cfg))
+
+    cuda, bf16 = torch.device("cuda", 0), network(torch.bfloat16)
+    ready = cuda_loop.KernelLoopDecoder.ready_now
+    assert not ready(bf16, 1, cuda) and not ready(bf16, 4, cuda)
+    cuda_loop._cubins[("sm_90", cuda_loop.kernel_options(torch.bfloat16, 1), cuda_loop.KERNEL)] = (
+        b""
+    )
+    assert ready(bf16, 1, cuda) and not ready(bf16, 2, cuda)
+    assert not ready(network(torch.float16), 1, cuda) and not ready(network(torch.float32), 1, cuda)
+    assert not ready(bf16, 1, torch.device("cpu")) and not ready(bf16, 9, cuda)
+    options = cuda_cluster.cluster_options(torch.bfloat16, 4, 640, 1030)
+    cuda_loop._cubins[("sm_90", options, cuda_cluster.KERNEL)] = b""
+    assert ready(bf16, 3, cuda) and ready(bf16, 4, cuda)
 
 
 def test_kernel_machine_lookup_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:

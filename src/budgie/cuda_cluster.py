@@ -29,7 +29,7 @@ import torch
 
 from budgie import cuda_driver, cuda_loop
 from budgie.cuda_driver import Arguments, KernelUnavailable
-from budgie.cuda_loop import MAX_ROWS, THREADS, Partition, kernel_weights, pack_rows
+from budgie.cuda_loop import MAX_ROWS, THREADS, Partition, pack_rows, shared_kernel_weights
 from budgie.gpu_decoding import OneLaunchDecoder
 from budgie.transducer import Decoder, Joint
 
@@ -185,7 +185,7 @@ class ClusterLoopDecoder(OneLaunchDecoder):
             raise KernelUnavailable(f"needs {need} clusters of {CLUSTER} blocks, {clusters} fit")
         self._start = self.rounded_start(weight_dtype)
         start_pred, start_h, start_c = self._start
-        weights = kernel_weights(decoder, joint, self.partition, weight_dtype, start_h[:, 0])
+        weights = shared_kernel_weights(decoder, joint, self.partition, weight_dtype, start_h[:, 0])
         self.weights = weights
         self.packed_joint = pack_rows(
             out.weight.to(device, weight_dtype), CLUSTER, _cdiv(outputs, CLUSTER)

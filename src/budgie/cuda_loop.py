@@ -32,6 +32,7 @@ import ctypes
 import os
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,27 @@ class KernelWeights:
     b_lstm: Tensor  # [L, 4H] b_ih + b_hh
     b_pred: Tensor  # [J]
     b_out: Tensor  # [N]
+
+
+# KernelWeights per decoder module, by (joint, partition, dtype, device): machines of one network
+# (one per decoded shape) share them instead of holding ~25 MB each for parakeet.
+_shared_weights: weakref.WeakKeyDictionary[Decoder, dict[tuple[object, ...], KernelWeights]] = (
+    weakref.WeakKeyDictionary()
+)
+_weights_lock = threading.Lock()  # (not _lock: a compile holds that one for seconds)
+
+
+def shared_kernel_weights(
+    decoder: Decoder, joint: Joint, part: Partition, dtype: torch.dtype, start_h: Tensor
+) -> KernelWeights:
+    """``kernel_weights``, made once per decoder, joint, partition, dtype and device (the
+    weights must not change after the first machine is built: inference only)."""
+    key = (id(joint), part, dtype, str(start_h.device))
+    with _weights_lock:
+        made = _shared_weights.setdefault(decoder, {})
+        if key not in made:
+            made[key] = kernel_weights(decoder, joint, part, dtype, start_h)
+        return made[key]
 
 
 @torch.no_grad()
@@ -325,7 +347,7 @@ class KernelLoopDecoder(OneLaunchDecoder):
             raise KernelUnavailable(f"needs {shared} bytes of shared memory, {limit} here")
         self._start = self.rounded_start(weight_dtype)
         start_pred, start_h, start_c = self._start
-        weights = kernel_weights(decoder, joint, self.partition, weight_dtype, start_h[:, 0])
+        weights = shared_kernel_weights(decoder, joint, self.partition, weight_dtype, start_h[:, 0])
         self.packed, self.table, self.start_rec = weights.packed, weights.table, weights.start_rec
         self.b_lstm, self.b_pred, self.b_out = weights.b_lstm, weights.b_pred, weights.b_out
         self.start_pred = start_pred[0].contiguous()
@@ -364,6 +386,27 @@ class KernelLoopDecoder(OneLaunchDecoder):
                     stacklevel=2,
                 )
         return super().for_network(network, batch, max_frames, device)
+
+    @classmethod
+    def ready_now(cls, network: ParakeetTDT, batch: int, device: torch.device) -> bool:
+        """Whether the kernel ``for_network`` would build for ``batch`` rows is compiled in this
+        process already (the background compile, from disk or NVRTC): then even a shape's first
+        use takes it, since building the machine is then cheap (its weights are shared)."""
+        dtype = network.encoder.matmul_dtype
+        if dtype not in WEIGHT_DTYPES or device.type != "cuda" or batch > MAX_ROWS:
+            return False
+        rows = 1 << max(0, batch - 1).bit_length()
+        arch = cuda_driver.arch_of(device)
+        wants_cluster = batch >= CLUSTER_MIN_BATCH and clusters_wanted() and not _cluster_refusal
+        if wants_cluster and torch.cuda.get_device_capability(device)[0] >= 9:
+            from budgie import cuda_cluster
+
+            joint = network.joint
+            sizes = network.cfg.joint.joint_hidden, joint.num_labels + joint.num_durations
+            with contextlib.suppress(KernelUnavailable):  # (too large: the plain kernel)
+                options = cuda_cluster.cluster_options(dtype, rows, *sizes)
+                return (arch, options, cuda_cluster.KERNEL) in _cubins
+        return (arch, kernel_options(dtype, rows), KERNEL) in _cubins
 
     @classmethod
     def network_options(cls, network: ParakeetTDT) -> dict[str, torch.dtype]:

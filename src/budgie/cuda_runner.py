@@ -9,16 +9,16 @@ do not depend on the bucket) to keep the number of graphs small. Decoding replay
 Graphs are captured lazily, the second time a shape bucket is seen (the first call runs eagerly,
 so a one-off transcript never pays for a capture), and kept for the life of the model. A batch
 then decodes in one launch of a persistent kernel, no graph: in bf16/fp16 up to 8 rows the CUDA
-C++ one that keeps the decoder's weights in shared memory (cuda_loop.py), else (float32, or
-where it cannot build) up to 4 rows the Triton one (triton_loop.py). Up to ``TRITON_MAX_BATCH``
+C++ one that keeps the decoder's weights in shared memory (cuda_loop.py; from the first use
+once compiled), else (float32, or where it cannot build) up to 4 rows the Triton one
+(triton_loop.py). Up to ``TRITON_MAX_BATCH``
 rows the captured decoder step is the Triton one (triton_decoding.py), and larger batches are
 decoded in slices of that many rows. In bf16/fp16 the captured encoder layers run with
 Triton-fused elementwise kernels (triton_encoder.py; float32 keeps the eager layers).
 
-torch.compile is opt-in: ``BUDGIE_COMPILE=encoder,decoder`` (or ``all``) compiles one conformer
-layer and the torch decoder step before capture instead. The compilation stalls the call that
-captures (15-30 s on the device hosts, also with a warm Inductor cache), and the fused layers
-measured as fast on the encoder, so only long jobs of a compiled decoder step might win it back.
+torch.compile is opt-in (``BUDGIE_COMPILE=encoder,decoder`` or ``all``: one conformer layer and
+the torch decoder step, before capture): it stalls the capturing call 15-30 s on the device
+hosts, and the fused layers measured as fast on the encoder.
 """
 
 from __future__ import annotations
@@ -71,10 +71,8 @@ TRITON_MAX_BATCH_COMPILED = 8
 # passes, benchmarks/results/gpu_throughput_timeline_h100_2026-11-25_split_large_batches_ab.json;
 # False: one torch-step machine for the whole batch, for A/B runs).
 SPLIT_LARGE_BATCHES = True
-# A shape's first decode replays the torch step from a CUDA graph captured on the spot rather
-# than launching its ~50 kernels per step eagerly: a capture costs about what 20 eager steps do
-# and a decode takes 100-400 steps (the Triton machines come from the second use on: building
-# them may compile).
+# A shape's first decode replays the torch step from a graph captured on the spot, not its ~50
+# kernels per step eagerly: a capture costs ~20 eager steps, a decode takes 100-400 steps.
 GRAPH_FIRST_DECODE = True
 # Inputs shorter than this many encoder frames do not update the steps-per-frame estimate.
 MIN_FRAMES_FOR_RATE = 32
@@ -390,7 +388,8 @@ class CudaRunner:
         Triton loop), then the Triton one in a graph up to TRITON_MAX_BATCH
         (TRITON_MAX_BATCH_COMPILED when the torch step is compiled), else the torch one
         (graphed; compiled when asked). For a shape's first use, the torch step, in a graph
-        on CUDA (GRAPH_FIRST_DECODE)."""
+        on CUDA (GRAPH_FIRST_DECODE), unless the kernel machine builds without compiling
+        (``ready_now``): long inputs, each a shape of its own, take thousands of steps."""
         net = self.network
 
         def one_launch(kind: type[StepDecoder]) -> Callable[[], tuple[StepDecoder, None]]:
@@ -405,9 +404,13 @@ class CudaRunner:
             ("kernel_decoder", "shared-memory CUDA decoder"),
             ("loop_decoder", "one-launch Triton decoder"),
         ):
-            kind = getattr(self, attribute) if graphed else None  # (a first use needs neither)
+            if not graphed and attribute != "kernel_decoder":
+                continue  # (looking the Triton loop up imports Triton; building it may compile)
+            kind = getattr(self, attribute)
             if kind is None or batch > getattr(kind, "max_batch", 0) or not kind.supports(net):
                 continue
+            if not graphed and not kind.ready_now(net, batch, device):
+                continue  # a shape's first use waits for no compiler
             built = self._try_build(attribute, what, one_launch(kind))
             if built is not None:
                 return built
@@ -477,7 +480,7 @@ class CudaRunner:
         if machine is None or (repeated and key not in self._final_decoders):
             machine, graphed = self._decoder_machine(batch, frames, encoded.device, repeated)
             self._decoders[key] = (machine, graphed)
-            if repeated:
+            if repeated or machine.runs_to_end:  # (a one-launch machine is kept from the first)
                 self._final_decoders.add(key)
         enc_proj = self.network.joint.project_encoder(encoded.float())
         if machine.runs_to_end:  # launched before the lengths come to the host: no idle wait

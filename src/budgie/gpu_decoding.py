@@ -143,6 +143,12 @@ class StepDecoder:
         """Whether this kind of machine can decode for ``network`` at all (all can here)."""
         return True
 
+    @classmethod
+    def ready_now(cls, network: ParakeetTDT, batch: int, device: torch.device) -> bool:
+        """Whether building this machine now would wait for no compiler (a shape's first use
+        takes it only then); False unless a kind knows better."""
+        return False
+
     @torch.inference_mode()
     def reset(self, enc_proj: Tensor, lengths: Tensor) -> None:
         """Load a batch (enc_proj [b, t, J] with b <= batch, t <= max_frames) and start over."""
