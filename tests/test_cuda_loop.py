@@ -10,6 +10,7 @@ empty rows, the max-symbols cap.
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -305,3 +306,35 @@ def test_background_compile(monkeypatch: pytest.MonkeyPatch) -> None:
     first = compiled_in_background(torch.float16)
     assert first == [("sm_90", cuda_loop.kernel_options(torch.float16, 1), "tdt_decode_loop")]
     assert "-DWEIGHT_FP16" in first[0][1] and "-DMAX_ROWS=1" in first[0][1]
+
+
+def test_exit_waits_for_the_compile_in_progress_and_stops_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At exit (cuda_loop's atexit handler) the background compile finishes the variant it is
+    compiling and starts no other; the handler returns once it has."""
+    from budgie import cuda_driver, cuda_loop
+
+    started, release, asked = threading.Event(), threading.Event(), []
+
+    def slow_compiled(arch: str, options: tuple[str, ...], kernel: str = cuda_loop.KERNEL) -> bytes:
+        asked.append(options)
+        started.set()
+        release.wait(timeout=10)
+        return b"cubin"
+
+    monkeypatch.setattr(cuda_loop, "compiled", slow_compiled)
+    monkeypatch.setattr(cuda_driver, "arch_of", lambda device: "sm_90")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))
+    monkeypatch.setattr(cuda_loop, "_exiting", threading.Event())
+    monkeypatch.setattr(cuda_loop, "_compile_threads", [])
+    thread = cuda_loop.compile_in_background(torch.device("cuda", 0), torch.bfloat16)
+    assert thread is not None and started.wait(timeout=10)
+    exiting = threading.Thread(target=cuda_loop._finish_compiles)
+    exiting.start()
+    exiting.join(timeout=0.2)
+    assert exiting.is_alive()  # waiting for the variant in progress
+    release.set()
+    exiting.join(timeout=10)
+    assert not exiting.is_alive() and not thread.is_alive()
+    assert len(asked) == 1  # of four variants

@@ -27,6 +27,7 @@ built, and cuda_runner falls back to the Triton loop.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -278,14 +279,32 @@ def compile_in_background(
 
     def run() -> None:
         for kernel, options in variants:
+            if _exiting.is_set():
+                return
             try:
                 compiled(arch, options, kernel)
             except Exception:  # the machine's own build reports it, and falls back
                 return
 
     thread = threading.Thread(target=run, name="budgie-nvrtc", daemon=True)
+    _compile_threads.append(thread)
     thread.start()
     return thread
+
+
+# At exit, the background compiles stop after the variant in progress and are waited for, so
+# that NVRTC is not still compiling in a daemon thread while the process tears its libraries
+# down (suspected in a fresh process's first transcript that once exited with a failure code
+# and nothing on stderr on an H100, gpu_compare_h100_2026-11-25_session12b.json).
+_exiting = threading.Event()
+_compile_threads: list[threading.Thread] = []
+
+
+@atexit.register
+def _finish_compiles() -> None:
+    _exiting.set()
+    for thread in _compile_threads:
+        thread.join(timeout=30.0)
 
 
 def load_kernel(
