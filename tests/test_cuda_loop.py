@@ -338,3 +338,21 @@ def test_exit_waits_for_the_compile_in_progress_and_stops_the_rest(
     exiting.join(timeout=10)
     assert not exiting.is_alive() and not thread.is_alive()
     assert len(asked) == 1  # of four variants
+
+
+def test_a_compiled_kernel_is_handed_out_while_another_compiles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """compiled() returns a cubin made earlier without waiting for the compile lock, which the
+    background compile holds variant after variant (a first transcript waited ~15 s for all of
+    them on an H100: gpu_compare_h100_2026-11-25_session12c.json's cold start)."""
+    from budgie import cuda_loop
+
+    options = cuda_loop.kernel_options(torch.bfloat16, 1)
+    monkeypatch.setattr(cuda_loop, "_cubins", {("sm_90", options, cuda_loop.KERNEL): b"cubin"})
+    got: list[bytes] = []
+    with cuda_loop._lock:  # a compile in progress
+        asker = threading.Thread(target=lambda: got.append(cuda_loop.compiled("sm_90", options)))
+        asker.start()
+        asker.join(timeout=5)
+        assert got == [b"cubin"]

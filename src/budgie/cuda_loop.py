@@ -212,6 +212,7 @@ _SOURCES = {KERNEL: SOURCE.name, "tdt_decode_cluster": "tdt_cluster.cu"}
 _kernels: dict[tuple[int, tuple[str, ...], int, str], Kernel] = {}
 _cubins: dict[tuple[str, tuple[str, ...], str], bytes] = {}
 _lock = threading.Lock()  # one compile of a kernel at a time, whichever thread asks
+_load_lock = threading.Lock()  # one module load at a time (not during a compile)
 
 
 def kernel_options(
@@ -230,9 +231,14 @@ def kernel_options(
 def compiled(arch: str, options: tuple[str, ...], kernel: str = KERNEL) -> bytes:
     """The cubin of ``kernel`` (tdt_decode_loop, or cuda_cluster's tdt_decode_cluster) for
     ``arch`` and ``options``: compiled once per process (2-3 s with NVRTC on the device hosts)
-    and kept on disk across processes (cuda_driver.cached_cubin)."""
+    and kept on disk across processes (cuda_driver.cached_cubin). One already made is returned
+    without the compile lock: the background compile takes it for each of its variants in
+    turn, and a caller waiting on it could wait for all of them (the lock is not fair)."""
+    key = (arch, options, kernel)
+    made = _cubins.get(key)
+    if made is not None:
+        return made
     with _lock:
-        key = (arch, options, kernel)
         if key not in _cubins:
             source = KERNELS / _SOURCES[kernel]
             headers = {name: (KERNELS / name).read_text() for name in HEADERS}
@@ -314,7 +320,7 @@ def load_kernel(
     index = device.index if device.index is not None else torch.cuda.current_device()
     cubin = compiled(cuda_driver.arch_of(device), options, kernel)
     key = (index, options, shared_bytes, kernel)
-    with _lock:
+    with _load_lock:
         if key not in _kernels:
             _kernels[key] = Kernel(cubin, kernel, device, shared_bytes)
         return _kernels[key]
