@@ -138,3 +138,26 @@ def test_a_device_too_full_for_pieces_refuses_the_input_and_keeps_the_others(
     assert "\n" not in results[1].error
     with pytest.raises(AudioError, match=re.escape("3600.0 s")):
         model.transcribe(long_input)
+
+
+def test_progress_counts_a_long_input_once_its_pieces_are_done(
+    synth_models: SynthModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = synth_models.model("tiny")
+    audio, _ = _speech_with_pauses()
+    _limit_to(monkeypatch, model.config, 60.0)
+    jim = load_audio(AUDIO_DIR / "life_Jim.wav")
+    pieces_done = []
+    in_pieces = model._in_pieces
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        result = in_pieces(*args, **kwargs)  # type: ignore[arg-type]
+        pieces_done.append(True)
+        return result
+
+    monkeypatch.setattr(model, "_in_pieces", recorded)
+    seen: list[tuple[int, bool]] = []
+    results = model.transcribe([audio, jim], progress=lambda n: seen.append((n, bool(pieces_done))))
+    assert all(isinstance(r, Transcript) for r in results)
+    assert [n for n, _ in seen] == sorted(n for n, _ in seen) and seen[-1] == (2, True)
+    assert (1, False) in seen and (2, False) not in seen  # jim first, then the long input

@@ -164,10 +164,13 @@ class Model:
             [cast(AudioInput, audio)] if single else list(cast(Sequence[AudioInput], audio))
         )
         results = self._run(inputs, batch_size, timestamps, confidence, progress)
-        results = [  # inputs too long for one pass, now in pieces
-            self._in_pieces(r, batch_size, timestamps, confidence) if isinstance(r, TooLong) else r
-            for r in results
-        ]
+        finished = sum(not isinstance(r, TooLong) for r in results)
+        for i, result in enumerate(results):  # inputs too long for one pass, in pieces
+            if isinstance(result, TooLong):
+                results[i] = self._in_pieces(result, batch_size, timestamps, confidence)
+                finished += 1
+                if progress:
+                    progress(finished)
         if single:
             result = results[0]
             if isinstance(result, TranscriptionError):
@@ -220,7 +223,7 @@ class Model:
             def failed(error: TranscriptionError, index: int) -> None:
                 nonlocal done
                 results[index] = error
-                done += 1
+                done += not isinstance(error, TooLong)  # (done once its pieces are)
 
             # Unless phases are timed one by one, the next batch is staged (packed into pinned
             # memory) while the GPU encodes this one; a decoded batch goes to the text thread
