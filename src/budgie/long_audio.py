@@ -122,13 +122,7 @@ def join(
         timings.encode_ms += share.encode_ms / piece.batch_size
         timings.decode_ms += share.decode_ms / piece.batch_size
         timings.tokenize_ms += share.tokenize_ms
-    timings.total_ms = (
-        timings.load_audio_ms
-        + timings.preprocess_ms
-        + timings.encode_ms
-        + timings.decode_ms
-        + timings.tokenize_ms
-    )
+    timings.total_ms = timings.phases_ms()
     return Transcript(
         text=text,
         tokens=tokens,

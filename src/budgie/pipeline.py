@@ -365,13 +365,7 @@ class Model:
                 decode_ms=phase_ms["decode"],
                 tokenize_ms=tclock.ms["tokenize"],
             )
-            timings.total_ms = (
-                timings.load_audio_ms
-                + timings.preprocess_ms
-                + timings.encode_ms
-                + timings.decode_ms
-                + timings.tokenize_ms
-            )
+            timings.total_ms = timings.phases_ms()
             out.append(
                 Transcript(
                     text=text,

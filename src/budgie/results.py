@@ -56,6 +56,16 @@ class PhaseTimings:
     tokenize_ms: float = 0.0
     total_ms: float = 0.0
 
+    def phases_ms(self) -> float:
+        """The phases' sum, which ``total_ms`` holds for one input."""
+        return (
+            self.load_audio_ms
+            + self.preprocess_ms
+            + self.encode_ms
+            + self.decode_ms
+            + self.tokenize_ms
+        )
+
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
