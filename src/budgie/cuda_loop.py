@@ -326,6 +326,13 @@ def load_kernel(
         return _kernels[key]
 
 
+def joint_sizes(network: ParakeetTDT) -> tuple[int, int]:
+    """The joint's hidden size and outputs (labels + blank + durations): the cluster kernel's
+    compile options depend on them."""
+    joint = network.joint
+    return network.cfg.joint.joint_hidden, joint.num_labels + joint.num_durations
+
+
 def check_request(batch: int, weight_dtype: torch.dtype, device: torch.device) -> None:
     """What the kernels of this module and cuda_cluster.py refuse, whatever the GPU."""
     if batch > MAX_ROWS:
@@ -426,10 +433,8 @@ class KernelLoopDecoder(OneLaunchDecoder):
         if wants_cluster and torch.cuda.get_device_capability(device)[0] >= 9:
             from budgie import cuda_cluster
 
-            joint = network.joint
-            sizes = network.cfg.joint.joint_hidden, joint.num_labels + joint.num_durations
             with contextlib.suppress(KernelUnavailable):  # (too large: the plain kernel)
-                options = cuda_cluster.cluster_options(dtype, rows, *sizes)
+                options = cuda_cluster.cluster_options(dtype, rows, *joint_sizes(network))
                 return (arch, options, cuda_cluster.KERNEL) in _cubins
         return (arch, kernel_options(dtype, rows), KERNEL) in _cubins
 

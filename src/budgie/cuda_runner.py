@@ -258,12 +258,11 @@ class CudaRunner:
         self._uses: dict[tuple[str, int, int], int] = {}
         self._compiling: object | None = None  # the CUDA decode kernel's compile, started early
         if use_graphs and self.kernel_decoder is not None:  # (16-bit weights on CUDA only)
-            from budgie.cuda_loop import compile_in_background
+            from budgie.cuda_loop import compile_in_background, joint_sizes
 
             device = next(network.parameters()).device
-            joint = network.joint  # its hidden size and outputs size the cluster kernel
-            sizes = network.cfg.joint.joint_hidden, joint.num_labels + joint.num_durations
-            self._compiling = compile_in_background(device, network.encoder.matmul_dtype, sizes)
+            dtype, sizes = network.encoder.matmul_dtype, joint_sizes(network)
+            self._compiling = compile_in_background(device, dtype, sizes)
         # Decoder steps per encoder frame, a low running estimate (see unchecked_replays):
         # starts at 1/4, the bound the largest duration (4 frames per step) gives.
         self._steps_per_frame = 0.25
